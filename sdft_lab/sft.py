@@ -1,0 +1,57 @@
+"""The SFT baseline: cross-entropy on the demonstration, given the bare question.
+
+Same examples, same prompts and same trainer as SDFT; only the target differs
+(the expert's tokens instead of the student's own rollout scored by the teacher).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import torch.nn.functional as F
+
+from .data import Example
+from .losses import masked_mean
+from .models import lm_head
+from .prompts import PromptConfig, encode, student_ids
+from .rollout import completion_hidden, completions_from_ids, eos_ids
+
+
+@dataclass
+class SFTConfig:
+    max_target_tokens: int = 1024  # longer demonstrations are cut, with a warning
+    prompts: PromptConfig = field(default_factory=PromptConfig)
+
+
+class SFT:
+    name = "sft"
+
+    def __init__(self, cfg: SFTConfig | None = None):
+        self.cfg = cfg or SFTConfig()
+
+    def setup(self, model) -> None:
+        pass
+
+    def loss(self, model, tokenizer, examples: list[Example], seed: int | None = None):
+        t0 = time.perf_counter()
+        device = next(model.parameters()).device
+        eos = eos_ids(model, tokenizer)[0]
+        prompts = [student_ids(tokenizer, ex, self.cfg.prompts) for ex in examples]
+        targets = []
+        for ex in examples:
+            ids = encode(tokenizer, ex.demonstration)
+            if len(ids) >= self.cfg.max_target_tokens:
+                warnings.warn(f"Example {ex.id!r}: demonstration cut to max_target_tokens.", stacklevel=2)
+                ids = ids[: self.cfg.max_target_tokens - 1]
+            targets.append(ids + [eos])  # the assistant turn ends with EOS: learn to stop
+        y = completions_from_ids(targets, tokenizer, [eos], tokenizer.pad_token_id)
+        hidden = completion_hidden(model, prompts, y)
+        logits = lm_head(model)(hidden).float()
+        ce = F.cross_entropy(logits.transpose(1, 2), y.ids.to(device), reduction="none")
+        loss = masked_mean(ce, y.mask.to(device))
+        return loss, {"target_len": y.lengths.float().mean().item(), "student_fwd_s": time.perf_counter() - t0}
+
+    def after_optimizer_step(self, model) -> None:
+        pass
