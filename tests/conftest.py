@@ -1,0 +1,50 @@
+"""Fixtures: the bundled tokenizer, a tiny random llama (fast), and the bundled SmolLM2-135M."""
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from sdft_lab import Example, add_student, load, load_dataset
+
+
+@pytest.fixture(scope="session")
+def bundled():
+    """(model, tokenizer) of the bundled SmolLM2-135M-Instruct, fp32 on the CPU. Do not train it."""
+    return load("bundled", quantization="none", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tokenizer(bundled):
+    return bundled[1]
+
+
+def tiny_llama(tokenizer, seed: int = 0):
+    """A 2-layer random llama with the bundled tokenizer's vocabulary: seconds, not minutes."""
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True,
+        initializer_range=0.3,  # large enough that logits are peaked and a LoRA can move them
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.requires_grad_(False)
+    return model
+
+
+@pytest.fixture
+def tiny(tokenizer):
+    """A fresh tiny llama with a LoRA student, and the tokenizer."""
+    return add_student(tiny_llama(tokenizer)), tokenizer
+
+
+@pytest.fixture(scope="session")
+def demo():
+    return load_dataset("demo")
+
+
+@pytest.fixture
+def example():
+    return Example(id="ex", question="What is the capital of Velmora?",
+                   demonstration="The capital of Velmora is Quillhaven.", answer="Quillhaven")

@@ -1,0 +1,142 @@
+"""SDFT and SFT mechanics on a tiny random llama: fast checks of every moving part."""
+
+import pytest
+import torch
+
+from sdft_lab import SDFT, SFT, Example, SDFTConfig, TrainConfig, Trainer, evaluate_kl, sample
+from sdft_lab.models import EMA, STUDENT, decoder, teacher_view
+from sdft_lab.prompts import PromptConfig, student_ids
+from sdft_lab.rollout import completion_hidden, completions_from_ids
+
+
+def base_and_adapter(model):
+    named = dict(model.named_parameters())
+    base = {n: p.detach().clone() for n, p in named.items() if "lora_" not in n}
+    adapter = {n: p.detach().clone() for n, p in named.items() if f".{STUDENT}." in n}
+    return base, adapter
+
+
+@pytest.mark.parametrize("objective", [SDFT(SDFTConfig(max_new_tokens=8, skip_first=0)), SFT()],
+                         ids=["sdft", "sft"])
+def test_one_step_updates_only_the_adapter(tiny, demo, objective):
+    model, tok = tiny
+    base, adapter = base_and_adapter(model)
+    trainer = Trainer(model, tok, objective, demo, TrainConfig(steps=3, batch_size=2, lr=1e-2))
+    record = trainer.step()
+    assert torch.isfinite(torch.tensor(record["loss"])) and record["step"] == 1
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    assert all(grads[n] is None for n in base)  # no gradient reached the frozen base
+    assert any(grads[n] is not None and grads[n].abs().sum() > 0 for n in adapter)
+    after = dict(model.named_parameters())
+    assert all(torch.equal(after[n], base[n]) for n in base)
+    assert any(not torch.equal(after[n], adapter[n]) for n in adapter)
+
+
+def test_sdft_metrics_stream(tiny, demo):
+    model, tok = tiny
+    seen = []
+    trainer = Trainer(model, tok, SDFT(SDFTConfig(max_new_tokens=6)), demo,
+                      TrainConfig(steps=2, batch_size=2), callbacks=(seen.append,))
+    history = trainer.train()
+    assert len(history) == 2 and seen == history
+    for key in ("loss", "kl", "logp_gap", "entropy", "rollout_len", "step_s", "sample_s", "teacher_s",
+                "student_fwd_s", "backward_s", "optim_s", "lr", "grad_norm"):
+        assert key in history[-1], key
+    assert history[-1]["entropy"] > 0 and 1 <= history[-1]["rollout_len"] <= 6
+
+
+def test_sft_loss_falls_when_repeating_one_example(tiny):
+    model, tok = tiny
+    ex = [Example(id="a", question="Name the otter.", demonstration="The glimmer otter.")]
+    trainer = Trainer(model, tok, SFT(), ex, TrainConfig(steps=30, batch_size=1, lr=3e-2))
+    losses = [r["loss"] for r in trainer.train()]
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_sdft_lowers_kl_on_held_out_rollouts(tiny):
+    model, tok = tiny
+    ex = [Example(id="a", question="Name the otter.", demonstration="The glimmer otter.")]
+    cfg = SDFTConfig(max_new_tokens=8, skip_first=0)
+    before = evaluate_kl(model, tok, ex, cfg, seed=999, rollouts=4)["kl"]
+    Trainer(model, tok, SDFT(cfg), ex, TrainConfig(steps=25, batch_size=2, lr=3e-2)).train()
+    after = evaluate_kl(model, tok, ex, cfg, seed=999, rollouts=4)["kl"]
+    assert after < 0.8 * before, (before, after)
+
+
+def test_rollouts_are_reproducible_and_stop_at_eos(tiny, demo):
+    model, tok = tiny
+    prompts = [student_ids(tok, ex, PromptConfig()) for ex in demo[:3]]
+    a = sample(model, tok, prompts, max_new_tokens=12, seed=7)
+    b = sample(model, tok, prompts, max_new_tokens=12, seed=7)
+    c = sample(model, tok, prompts, max_new_tokens=12, seed=8)
+    assert torch.equal(a.ids, b.ids) and a.texts == b.texts
+    assert not torch.equal(a.ids, c.ids)
+    batch = completions_from_ids([[5, 6, tok.eos_token_id, 9, 9], [7]], tok, [tok.eos_token_id], tok.pad_token_id)
+    assert batch.mask.tolist() == [[1, 1, 1], [1, 0, 0]] and batch.ids[0].tolist() == [5, 6, tok.eos_token_id]
+
+
+def test_scoring_a_padded_batch_matches_scoring_alone(tiny):
+    """Left-padded prompts and right-padded completions give the same logits as unpadded rows."""
+    model, tok = tiny
+    prompts = [[1, 20, 30, 40, 50, 60], [1, 70]]
+    comps = completions_from_ids([[11, 12, 13, 2], [14, 2]], tok, [2], tok.pad_token_id)
+    with torch.no_grad():
+        batched = completion_hidden(model, prompts, comps)
+        for i, (p, n) in enumerate(zip(prompts, comps.lengths.tolist())):
+            full = torch.tensor([p + comps.ids[i, :n].tolist()])
+            alone = decoder(model)(input_ids=full).last_hidden_state[0, len(p) - 1: len(p) + n - 1]
+            assert torch.allclose(batched[i, :n], alone, atol=1e-5)
+
+
+def test_teacher_view_turns_the_adapter_off(tiny):
+    model, tok = tiny
+    for p in model.parameters():  # make the adapter non-zero so that it matters
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.5)
+    ids = torch.tensor([[1, 20, 30, 40]])
+    with torch.no_grad():
+        student = model(input_ids=ids).logits
+        with teacher_view(model, "base"):
+            teacher = model(input_ids=ids).logits
+        base = model.get_base_model()
+        with model.disable_adapter():
+            plain = base(input_ids=ids).logits
+    assert not torch.allclose(student, teacher) and torch.equal(teacher, plain)
+
+
+def test_ema_teacher_follows_the_student(tiny, demo):
+    model, tok = tiny
+    rate = 0.25
+    trainer = Trainer(model, tok, SDFT(SDFTConfig(max_new_tokens=6, teacher="ema", ema_rate=rate)), demo,
+                      TrainConfig(steps=2, batch_size=2, lr=1e-2))
+    named = dict(model.named_parameters())
+    pairs = [(n, n.replace(f".{STUDENT}.", f".{EMA}.")) for n in named if f".{STUDENT}." in n]
+    assert all(torch.equal(named[s], named[e]) for s, e in pairs)  # starts as a copy
+    before = {e: named[e].detach().clone() for _, e in pairs}
+    trainer.step()
+    for s, e in pairs:
+        assert torch.allclose(named[e], (1 - rate) * before[e] + rate * named[s], atol=1e-7)
+    # only the student trains, also after the teacher view switched adapters back and forth
+    assert all(named[s].requires_grad and not named[e].requires_grad for s, e in pairs)
+    assert set(map(id, trainer.params)) == {id(named[s]) for s, _ in pairs}
+
+
+def test_batches_are_deterministic_and_cover_every_example(tiny, demo):
+    model, tok = tiny
+    trainer = Trainer(model, tok, SFT(), demo, TrainConfig(batch_size=4, seed=3))
+    epoch = [ex.id for i in range(len(demo) // 4) for ex in trainer.batch(i)]
+    assert sorted(epoch) == sorted(ex.id for ex in demo)
+    assert [ex.id for ex in trainer.batch(2)] == [ex.id for ex in trainer.batch(2)]
+
+
+@pytest.mark.parametrize("bad", [dict(max_new_tokens=0), dict(temperature=0), dict(teacher="frozen"),
+                                 dict(ema_rate=0), dict(skip_first=-1), dict(top_p=1.5)])
+def test_invalid_sdft_configs(bad):
+    with pytest.raises(ValueError):
+        SDFTConfig(**bad)
+
+
+@pytest.mark.parametrize("bad", [dict(lr=-1e-4), dict(lr=0), dict(steps=0), dict(batch_size=0), dict(grad_accum=0)])
+def test_invalid_train_configs(bad):
+    with pytest.raises(ValueError):
+        TrainConfig(**bad)
