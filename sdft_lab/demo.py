@@ -1,0 +1,98 @@
+"""A few minutes of SDFT on the bundled model, headless: `python -m sdft_lab.demo` (or `make demo`).
+
+The student learns invented facts about the island nation of Velmora from
+demonstrations it never sees directly: it only sees the questions, samples its
+own answers, and is pulled toward what the same model says with the
+demonstration in context. We measure, on questions held out from training
+(paraphrases of the trained ones), the mean per-token KL(teacher ‖ student)
+before and after, and show the student's greedy answer before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from .data import load_dataset
+from .models import add_student, load, teacher_view
+from .prompts import student_ids, teacher_ids
+from .sdft import SDFT, SDFTConfig, evaluate_kl
+from .rollout import sample
+from .trainer import TrainConfig, Trainer
+
+HELD_OUT_SEED = 10**6  # training rollouts use seeds cfg.seed·1000003 + i, far from this
+
+
+def answer(model, tokenizer, example, cfg: SDFTConfig, teacher: bool = False) -> str:
+    """Greedy answer of the student (bare question) or of the teacher (question + demonstration)."""
+    if teacher:
+        with teacher_view(model, cfg.teacher):
+            return sample(model, tokenizer, [teacher_ids(tokenizer, example, cfg.prompts)],
+                          cfg.max_new_tokens, temperature=0).texts[0]
+    return sample(model, tokenizer, [student_ids(tokenizer, example, cfg.prompts)],
+                  cfg.max_new_tokens, temperature=0).texts[0]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--out", type=Path, default=Path("runs/demo"))
+    args = parser.parse_args(argv)
+    t0 = time.perf_counter()
+
+    model, tok = load("bundled")
+    model = add_student(model)
+    train, held_out = load_dataset("demo"), load_dataset("demo-heldout")
+    featured = held_out[0]
+    cfg = SDFTConfig(max_new_tokens=args.max_new_tokens)
+    print(f"Training on {len(train)} questions; measuring on {len(held_out)} held-out paraphrases.\n")
+
+    before = evaluate_kl(model, tok, held_out, cfg, seed=HELD_OUT_SEED)
+    featured_before = evaluate_kl(model, tok, [featured] * 4, cfg, seed=HELD_OUT_SEED)  # one batch of 4
+    answer_before = answer(model, tok, featured, cfg)
+    teacher_answer = answer(model, tok, featured, cfg, teacher=True)
+
+    trainer = Trainer(model, tok, SDFT(cfg), train,
+                      TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr))
+    history = trainer.train()
+
+    after = evaluate_kl(model, tok, held_out, cfg, seed=HELD_OUT_SEED)
+    featured_after = evaluate_kl(model, tok, [featured] * 4, cfg, seed=HELD_OUT_SEED)  # one batch of 4
+    answer_after = answer(model, tok, featured, cfg)
+
+    result = {
+        "held_out_kl_before": before["kl"], "held_out_kl_after": after["kl"],
+        "featured": featured.question,
+        "featured_kl_before": featured_before["kl"], "featured_kl_after": featured_after["kl"],
+        "answer_before": answer_before, "answer_after": answer_after, "teacher_answer": teacher_answer,
+        "median_step_s": sorted(r["step_s"] for r in history)[len(history) // 2],
+        "total_s": time.perf_counter() - t0,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    trainer.save_adapter(args.out / "adapter")
+    (args.out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+    (args.out / "result.json").write_text(json.dumps(result, indent=1))
+    report(result, args.out)
+    return result
+
+
+def report(r: dict, out: Path) -> None:
+    line = "─" * 72
+    print(f"\n{line}\nMean per-token KL(teacher ‖ student) on fresh rollouts, lower = closer to the teacher")
+    print(f"  all {'held-out paraphrases':<30} {r['held_out_kl_before']:.3f} → {r['held_out_kl_after']:.3f}")
+    print(f"  {'the prompt below (4 rollouts)':<34} {r['featured_kl_before']:.3f} → {r['featured_kl_after']:.3f}")
+    print(f"{line}\nHeld-out prompt: {r['featured']}")
+    print(f"  student before : {r['answer_before'].strip()}")
+    print(f"  student after  : {r['answer_after'].strip()}")
+    print(f"  teacher (sees a demonstration): {r['teacher_answer'].strip()}")
+    print(f"{line}\nmedian {r['median_step_s']:.1f} s per SDFT step; {r['total_s']:.0f} s in all. "
+          f"Adapter and metrics in {out}/")
+
+
+if __name__ == "__main__":
+    main()
