@@ -1,8 +1,10 @@
 """The Example record and its jsonl format.
 
-One line per example: {"id", "question", "demonstration", "answer"?, "metadata"?}.
+One line per example: {"id", "question", "demonstration", "answer"?, "references"?, "metadata"?}.
 `question` is what the student sees; `demonstration` is the expert answer the
-teacher sees in its context; `answer` is an optional short reference for scoring.
+teacher sees in its context; `answer` is an optional short answer for scoring;
+`references` are other expert answers to the same question, which the teacher
+never sees (the pre-flight check scores them: copying the demonstration proves nothing).
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 BUNDLED = {
     "demo": DATA_DIR / "demo" / "train.jsonl",
     "demo-heldout": DATA_DIR / "demo" / "heldout.jsonl",
+    "toolcall": DATA_DIR / "skills" / "toolcall.jsonl",
 }
-_FIELDS = {"id": str, "question": str, "demonstration": str, "answer": (str, type(None)), "metadata": dict}
+_FIELDS = {"id": str, "question": str, "demonstration": str, "answer": (str, type(None)), "references": list,
+           "metadata": dict}
 _REQUIRED = ("question", "demonstration")
 
 
@@ -28,6 +32,7 @@ class Example:
     demonstration: str
     id: str = ""
     answer: str | None = None
+    references: list[str] = field(default_factory=list)
     metadata: dict = field(default_factory=dict)
 
 
@@ -44,6 +49,8 @@ def _parse(record: object, where: str) -> Example:
     for name, kind in _FIELDS.items():
         if name in record and not isinstance(record[name], kind):
             raise DataError(f"{where}: field {name!r} must be {_type_name(kind)}, got {type(record[name]).__name__}.")
+    if not all(isinstance(r, str) and r.strip() for r in record.get("references", [])):
+        raise DataError(f"{where}: field 'references' must be a list of non-empty strings.")
     for name in _REQUIRED:
         if not str(record.get(name, "")).strip():
             raise DataError(f"{where}: field {name!r} is missing or empty; every example needs a {name}.")

@@ -16,30 +16,19 @@ import time
 from pathlib import Path
 
 from .data import load_dataset
-from .models import add_student, load, teacher_view
-from .prompts import student_ids, teacher_ids
+from .models import add_student, load
+from .preflight import greedy_answers
 from .sdft import SDFT, SDFTConfig, evaluate_kl
-from .rollout import sample
 from .trainer import TrainConfig, Trainer
 
 HELD_OUT_SEED = 10**6  # training rollouts use seeds cfg.seed·1000003 + i, far from this
-
-
-def answer(model, tokenizer, example, cfg: SDFTConfig, teacher: bool = False) -> str:
-    """Greedy answer of the student (bare question) or of the teacher (question + demonstration)."""
-    if teacher:
-        with teacher_view(model, cfg.teacher):
-            return sample(model, tokenizer, [teacher_ids(tokenizer, example, cfg.prompts)],
-                          cfg.max_new_tokens, temperature=0).texts[0]
-    return sample(model, tokenizer, [student_ids(tokenizer, example, cfg.prompts)],
-                  cfg.max_new_tokens, temperature=0).texts[0]
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--out", type=Path, default=Path("runs/demo"))
     args = parser.parse_args(argv)
@@ -54,8 +43,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     before = evaluate_kl(model, tok, held_out, cfg, seed=HELD_OUT_SEED)
     featured_before = evaluate_kl(model, tok, [featured] * 4, cfg, seed=HELD_OUT_SEED)  # one batch of 4
-    answer_before = answer(model, tok, featured, cfg)
-    teacher_answer = answer(model, tok, featured, cfg, teacher=True)
+    answer_before, = greedy_answers(model, tok, [featured], cfg, cfg.max_new_tokens)
+    teacher_answer, = greedy_answers(model, tok, [featured], cfg, cfg.max_new_tokens, teacher=True)
 
     trainer = Trainer(model, tok, SDFT(cfg), train,
                       TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr))
@@ -63,7 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     after = evaluate_kl(model, tok, held_out, cfg, seed=HELD_OUT_SEED)
     featured_after = evaluate_kl(model, tok, [featured] * 4, cfg, seed=HELD_OUT_SEED)  # one batch of 4
-    answer_after = answer(model, tok, featured, cfg)
+    answer_after, = greedy_answers(model, tok, [featured], cfg, cfg.max_new_tokens)
 
     result = {
         "held_out_kl_before": before["kl"], "held_out_kl_after": after["kl"],

@@ -226,6 +226,9 @@ def teacher_view(model, kind: str = "base"):
     """Run the teacher: "base" = adapter off (default), "ema" = EMA adapter,
     "live" = the current student itself (known to collapse; for demonstrations only)."""
     if kind == "base":
+        if not hasattr(model, "disable_adapter"):  # a plain model: it is its own base
+            yield
+            return
         with model.disable_adapter():
             yield
     elif kind == "ema":

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
+from tqdm.auto import tqdm
 
 from .data import Example
 from .losses import DivergenceConfig, chunked_token_losses, loss_mask, masked_mean
@@ -112,6 +113,16 @@ class SDFT:
         # 5. mean over each sequence's tokens, then over sequences
         loss = masked_mean(scored.per_token, scored.mask)
         return loss, metrics(scored)
+
+    def preflight(self, model, tokenizer, examples: list[Example]) -> dict:
+        """A quick pre-flight before training: does the teacher gain from the demonstrations?"""
+        from .preflight import PreflightConfig, preflight
+
+        result, = preflight(model, tokenizer, examples, cfg=PreflightConfig(sample_size=4, max_new_tokens=32, sdft=self.cfg))
+        tqdm.write(result.line())
+        if result.verdict == "no signal":
+            warnings.warn(f"{result.line()}\n{result.advice}", stacklevel=2)
+        return asdict(result)
 
     def after_optimizer_step(self, model) -> None:
         if self.cfg.teacher == "ema":

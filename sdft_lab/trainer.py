@@ -33,6 +33,7 @@ class TrainConfig:
     warmup_steps: int = 0
     max_grad_norm: float = 1.0
     seed: int = 0
+    preflight: bool = True  # train() first checks that the teacher gains from the demonstrations
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "grad_accum"):
@@ -76,6 +77,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, cosine_with_warmup(self.cfg))
         self.step_count = 0
         self.history: list[dict] = []
+        self.preflight: dict | None = None  # the pre-flight figures, once train() has run it
 
     def batch(self, index: int) -> list[Example]:
         """Micro-batch `index` of a deterministic stream: each epoch is a fresh seeded shuffle."""
@@ -124,6 +126,8 @@ class Trainer:
     def train(self, steps: int | None = None) -> list[dict]:
         """Run `steps` optimizer steps (default: up to cfg.steps) with a progress bar."""
         steps = self.cfg.steps - self.step_count if steps is None else steps
+        if self.cfg.preflight and self.preflight is None and hasattr(self.objective, "preflight"):
+            self.preflight = self.objective.preflight(self.model, self.tokenizer, self.examples)
         bar = tqdm(range(steps), desc=self.objective.name)
         for _ in bar:
             record = self.step()

@@ -36,6 +36,11 @@ def test_sdft_lowers_kl_on_held_out_rollouts(trained):
     assert after < 0.8 * before, f"mean per-token KL(teacher‖student) {before:.3f} → {after:.3f}"
 
 
+def test_train_ran_the_preflight_on_the_demo_facts(trained):
+    _, _, trainer, *_ = trained
+    assert trainer.preflight["verdict"] == "clear signal", trainer.preflight
+
+
 def test_base_weights_are_bit_identical_and_the_adapter_moved(trained):
     model, _, _, base_before, *_ = trained
     named = dict(model.named_parameters())
