@@ -121,7 +121,7 @@ class SDFT:
         result, = preflight(model, tokenizer, examples, cfg=PreflightConfig(sample_size=4, max_new_tokens=32, sdft=self.cfg))
         tqdm.write(result.line())
         if result.verdict == "no signal":
-            warnings.warn(f"{result.line()}\n{result.advice}", stacklevel=2)
+            warnings.warn(f"{result.line()}\n{result.advice}", stacklevel=3)  # points at train()
         return asdict(result)
 
     def after_optimizer_step(self, model) -> None:

@@ -36,7 +36,7 @@ def test_sdft_metrics_stream(tiny, demo):
     model, tok = tiny
     seen = []
     trainer = Trainer(model, tok, SDFT(SDFTConfig(max_new_tokens=6)), demo,
-                      TrainConfig(steps=2, batch_size=2), callbacks=(seen.append,))
+                      TrainConfig(steps=2, batch_size=2, preflight=False), callbacks=(seen.append,))
     history = trainer.train()
     assert len(history) == 2 and seen == history
     for key in ("loss", "kl", "logp_gap", "entropy", "rollout_len", "step_s", "sample_s", "teacher_s",
