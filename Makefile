@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: setup lab test demo bench clean
+.PHONY: setup lab test demo bench screenshots clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
@@ -30,6 +30,10 @@ demo: setup
 
 bench: setup
 	$(PY) bench/step_time.py
+
+# Needs Debian's chromium (apt-get install chromium).
+screenshots: setup
+	$(PY) scripts/screenshots.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,89 @@
+"""ipywidgets for the notebooks: a token-diff stepper and a live diff that updates while SDFT trains."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import ipywidgets as W
+import plotly.graph_objects as go
+from IPython.display import display
+
+from .data import Example
+from .diffs import divergence_figure, to_html, token_diffs
+from .plots import training_curves
+from .preflight import TEMPLATES
+from .prompts import student_ids
+from .rollout import sample
+from .sdft import SDFTConfig
+
+
+def diff_stepper(model, tokenizer, examples: list[Example], cfg: SDFTConfig | None = None) -> W.VBox:
+    """Pick an example, resample, toggle the demonstration, change temperature and template."""
+    cfg = cfg or SDFTConfig()
+    pick = W.Dropdown(options=[(ex.question[:70], i) for i, ex in enumerate(examples)], description="example")
+    template = W.Dropdown(options=list(TEMPLATES), value="paper", description="template")
+    temperature = W.FloatSlider(value=cfg.temperature, min=0.1, max=2.0, step=0.1, description="temperature")
+    with_demo = W.Checkbox(value=True, description="demonstration in the teacher prompt")
+    resample = W.Button(description="resample", icon="refresh")
+    view, plot = W.HTML(), W.Output()
+    state = {"seed": 0}
+
+    def refresh(*_):
+        run = replace(cfg, temperature=temperature.value,
+                      prompts=replace(cfg.prompts, teacher_template=TEMPLATES[template.value]))
+        d, = token_diffs(model, tokenizer, [examples[pick.value]], run, seed=state["seed"], demonstration=with_demo.value)
+        view.value = to_html(d)
+        plot.clear_output(wait=True)
+        with plot:
+            display(divergence_figure([d]))
+
+    def on_resample(_):
+        state["seed"] += 1
+        refresh()
+
+    for w in (pick, template, temperature, with_demo):
+        w.observe(refresh, names="value")
+    resample.on_click(on_resample)
+    refresh()
+    return W.VBox([W.HBox([pick, resample]), W.HBox([template, temperature, with_demo]), view, plot])
+
+
+class LiveDiff:
+    """A Trainer callback: re-scores fixed rollouts every `every` steps and redraws the diff and the curves.
+
+    The rollouts stay the same, so the colours change only because the student moves toward the teacher.
+    """
+
+    def __init__(self, model, tokenizer, examples: list[Example], cfg: SDFTConfig | None = None,
+                 every: int = 1, seed: int = 10**6):
+        self.model, self.tokenizer, self.examples = model, tokenizer, examples
+        self.cfg, self.every = cfg or SDFTConfig(), every
+        prompts = [student_ids(tokenizer, ex, self.cfg.prompts) for ex in examples]
+        self.completions = sample(model, tokenizer, prompts, self.cfg.max_new_tokens, self.cfg.temperature,
+                                  self.cfg.top_p, seed)
+        first = token_diffs(model, tokenizer, examples, self.cfg, completions=self.completions)
+        self.steps, self.mean_divergence = [0], [_mean(first)]
+        self.views = [W.HTML(to_html(d)) for d in first]
+        self.curves = W.Output()
+        self.widget = W.VBox([*self.views, self.curves])
+        self.history: list[dict] = []
+
+    def __call__(self, record: dict) -> None:
+        self.history.append(record)
+        if record["step"] % self.every:
+            return
+        diffs = token_diffs(self.model, self.tokenizer, self.examples, self.cfg, completions=self.completions)
+        self.steps.append(record["step"])
+        self.mean_divergence.append(_mean(diffs))
+        for view, d in zip(self.views, diffs):
+            view.value = to_html(d)
+        self.curves.clear_output(wait=True)
+        with self.curves:
+            fixed = go.Figure(go.Scatter(x=self.steps, y=self.mean_divergence, mode="lines+markers"))
+            fixed.update_layout(title="mean divergence on the fixed rollouts above", xaxis_title="step",
+                                height=280, margin=dict(t=40, b=40, l=40, r=20))
+            display(fixed, training_curves(self.history, ("loss", "kl")))
+
+
+def _mean(diffs) -> float:
+    return sum(d.summary()["mean_divergence"] for d in diffs) / len(diffs)
