@@ -191,7 +191,15 @@ def add_student(model, lora: LoraSettings | None = None):
         target_modules=lora.target_modules,
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, config, adapter_name=STUDENT)
+    try:
+        return get_peft_model(model, config, adapter_name=STUDENT)
+    except ValueError as err:
+        if "not found" not in str(err) and "Target modules" not in str(err):
+            raise
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
+        raise ValueError(f"LoRA target_modules {lora.target_modules!r} match no layer of this "
+                         f"{type(model).__name__}. Its linear layers are named {linear}; use some of these, "
+                         "or 'all-linear'.") from err
 
 
 def add_ema_teacher(model) -> None:

@@ -75,6 +75,9 @@ class SDFT:
         self.cfg = cfg or SDFTConfig()
 
     def setup(self, model) -> None:
+        k, vocab = self.cfg.divergence.top_k, model.config.vocab_size
+        if k is not None and k > vocab:
+            raise ValueError(f"divergence.top_k={k} is larger than the model's vocabulary ({vocab}).")
         if self.cfg.teacher == "ema":
             add_ema_teacher(model)
         if self.cfg.teacher == "live":

@@ -19,6 +19,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from . import checkpoint
 from .data import Example
 from .models import STUDENT, trainable_parameters
 
@@ -34,6 +35,9 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     seed: int = 0
     preflight: bool = True  # train() first checks that the teacher gains from the demonstrations
+    checkpoint_dir: str | None = None  # where save_checkpoint() and checkpoint_every write
+    checkpoint_every: int = 0  # save a checkpoint every N steps (0 = only when asked)
+    keep_checkpoints: int = 2
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "grad_accum"):
@@ -43,6 +47,8 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.warmup_steps < 0 or self.max_grad_norm <= 0 or self.weight_decay < 0:
             raise ValueError("warmup_steps and weight_decay must be ≥ 0 and max_grad_norm > 0")
+        if self.checkpoint_every < 0 or (self.checkpoint_every and not self.checkpoint_dir):
+            raise ValueError("checkpoint_every must be ≥ 0, and needs checkpoint_dir")
 
 
 def cosine_with_warmup(cfg: TrainConfig) -> Callable[[int], float]:
@@ -90,7 +96,19 @@ class Trainer:
         return out
 
     def step(self) -> dict:
-        """One optimizer step. An interrupted step leaves no trace: the next call starts clean."""
+        """One optimizer step. A step that fails or is interrupted changes nothing: the next call starts clean."""
+        try:
+            record = self._step()
+        except torch.OutOfMemoryError as err:
+            self.optimizer.zero_grad(set_to_none=True)
+            raise torch.OutOfMemoryError(
+                f"Out of memory at step {self.step_count}. Try a smaller batch_size (with grad_accum to keep the "
+                "batch), fewer max_new_tokens, a smaller divergence.chunk_tokens, or quantization='nf4'.") from err
+        if self.cfg.checkpoint_every and self.step_count % self.cfg.checkpoint_every == 0:
+            self.save_checkpoint()
+        return record
+
+    def _step(self) -> dict:
         cfg, t0 = self.cfg, time.perf_counter()
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
@@ -100,8 +118,9 @@ class Trainer:
             loss, metrics = self.objective.loss(self.model, self.tokenizer, self.batch(index),
                                                 seed=cfg.seed * 1_000_003 + index)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"Step {self.step_count}: the loss is {loss.item()}. Nothing was updated; "
-                                         "try a lower lr or check the data.")
+                self.optimizer.zero_grad(set_to_none=True)
+                raise FloatingPointError(f"Step {self.step_count}: the loss is {loss.item()}. Nothing was updated and "
+                                         "saved checkpoints are intact; try a lower lr or check the data.")
             tb = time.perf_counter()
             (loss / cfg.grad_accum).backward()
             micro.append({"loss": loss.item(), **metrics, "backward_s": time.perf_counter() - tb})
@@ -109,8 +128,8 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
         if not torch.isfinite(grad_norm):
             self.optimizer.zero_grad(set_to_none=True)
-            raise FloatingPointError(f"Step {self.step_count}: the gradient norm is {grad_norm.item()}. "
-                                     "Nothing was updated; try a lower lr.")
+            raise FloatingPointError(f"Step {self.step_count}: the gradient norm is {grad_norm.item()}. Nothing was "
+                                     "updated and saved checkpoints are intact; try a lower lr or max_grad_norm.")
         self.optimizer.step()
         self.scheduler.step()
         self.objective.after_optimizer_step(self.model)
@@ -133,6 +152,25 @@ class Trainer:
             record = self.step()
             bar.set_postfix({k: f"{record[k]:.3f}" for k in ("loss", "kl") if k in record})
         return self.history[-steps:] if steps else []
+
+    def save_checkpoint(self, directory: str | Path | None = None) -> Path:
+        """An atomic checkpoint of everything resume() needs (see checkpoint.py)."""
+        directory = directory or self.cfg.checkpoint_dir
+        if directory is None:
+            raise ValueError("No checkpoint directory: pass one or set TrainConfig.checkpoint_dir.")
+        return checkpoint.save(directory, self.step_count, self.model, self.optimizer, self.scheduler,
+                               self.history, self.cfg.keep_checkpoints)
+
+    def resume(self, path: str | Path | None = None) -> int:
+        """Continue from a checkpoint folder, or from the newest one in checkpoint_dir. Returns the step."""
+        if path is None:
+            if self.cfg.checkpoint_dir is None:
+                raise ValueError("Nothing to resume from: pass a checkpoint path or set TrainConfig.checkpoint_dir.")
+            path = checkpoint.latest(self.cfg.checkpoint_dir)
+            if path is None:
+                return self.step_count  # a fresh run
+        self.step_count, self.history = checkpoint.load(path, self.model, self.optimizer, self.scheduler)
+        return self.step_count
 
     def save_adapter(self, path: str | Path) -> Path:
         """The student adapter in peft's format (safetensors); reload with PeftModel.from_pretrained."""

@@ -28,6 +28,8 @@ def test_bundled_demo_sets_load():
     (['{"id": "x", "question": "Q", "demonstration": "D"}', '',
       '{"id": "x", "question": "Q2", "demonstration": "D2"}'], r"set.jsonl:3: duplicate id 'x' \(first seen on line 1\)"),
     ([''], r"set.jsonl: the file holds no examples"),
+    (['{"question": "Q", "demonstration": "D", "references": "one"}'], r"set.jsonl:1: field 'references' must be list"),
+    (['{"question": "Q", "demonstration": "D", "references": [""]}'], r"set.jsonl:1: field 'references' must be a list of non"),
 ])
 def test_bad_files_name_the_line(tmp_path, lines, message):
     path = tmp_path / "set.jsonl"

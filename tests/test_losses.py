@@ -106,10 +106,13 @@ def test_skip_first_and_padding_masks():
     assert masked_mean(values, loss_mask(completion, 0)).item() == pytest.approx((2.0 + 4.5 + 7.0) / 3)
 
 
-@pytest.mark.parametrize("bad", [dict(kind="kl"), dict(alpha=1.5), dict(alpha=-0.1), dict(top_k=0),
-                                 dict(top_k_side="both"), dict(kind="sampled", top_k=5), dict(chunk_tokens=0)])
-def test_invalid_configs_are_rejected(bad):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("bad, message", [
+    (dict(kind="kl"), "divergence kind must be one of"), (dict(alpha=1.5), r"alpha must lie in \[0, 1\]"),
+    (dict(alpha=-0.1), r"alpha must lie in \[0, 1\]"), (dict(top_k=0), "top_k must be None or ≥ 1"),
+    (dict(top_k_side="both"), "top_k_side must be 'teacher' or 'student'"),
+    (dict(kind="sampled", top_k=5), "not used with 'sampled'"), (dict(chunk_tokens=0), "chunk_tokens must be ≥ 1")])
+def test_invalid_configs_are_rejected(bad, message):
+    with pytest.raises(ValueError, match=message):
         DivergenceConfig(**bad)
 
 

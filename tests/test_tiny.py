@@ -129,14 +129,18 @@ def test_batches_are_deterministic_and_cover_every_example(tiny, demo):
     assert [ex.id for ex in trainer.batch(2)] == [ex.id for ex in trainer.batch(2)]
 
 
-@pytest.mark.parametrize("bad", [dict(max_new_tokens=0), dict(temperature=0), dict(teacher="frozen"),
-                                 dict(ema_rate=0), dict(skip_first=-1), dict(top_p=1.5)])
-def test_invalid_sdft_configs(bad):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("bad, message", [
+    (dict(max_new_tokens=0), "max_new_tokens must be ≥ 1, got 0"), (dict(temperature=0), "temperature must be > 0"),
+    (dict(teacher="frozen"), "teacher must be one of"), (dict(ema_rate=0), r"ema_rate must lie in \(0, 1\]"),
+    (dict(skip_first=-1), "skip_first must be ≥ 0"), (dict(top_p=1.5), r"top_p must lie in \(0, 1\]")])
+def test_invalid_sdft_configs(bad, message):
+    with pytest.raises(ValueError, match=message):
         SDFTConfig(**bad)
 
 
-@pytest.mark.parametrize("bad", [dict(lr=-1e-4), dict(lr=0), dict(steps=0), dict(batch_size=0), dict(grad_accum=0)])
-def test_invalid_train_configs(bad):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("bad, message", [
+    (dict(lr=-1e-4), "lr must be > 0, got -0.0001"), (dict(lr=0), "lr must be > 0"), (dict(steps=0), "steps must be ≥ 1"),
+    (dict(batch_size=0), "batch_size must be ≥ 1"), (dict(grad_accum=0), "grad_accum must be ≥ 1")])
+def test_invalid_train_configs(bad, message):
+    with pytest.raises(ValueError, match=message):
         TrainConfig(**bad)

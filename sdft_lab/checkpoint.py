@@ -1,0 +1,95 @@
+"""Atomic training checkpoints: everything needed to resume a run exactly.
+
+A checkpoint is a folder `step-NNNNNN/` holding
+  adapters.safetensors   every LoRA tensor (the student and, if used, the EMA teacher)
+  state.safetensors      the optimizer's tensors (AdamW moments) and the RNG states
+  state.json             step, optimizer param groups, scheduler, Python RNG, metric history
+Only safetensors and JSON: nothing is unpickled on resume. The folder is written
+under a temporary name and renamed into place, so a run killed at any moment
+leaves either the whole checkpoint or none of it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+FILES = ("adapters.safetensors", "state.safetensors", "state.json")
+
+
+def adapter_tensors(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().contiguous() for n, p in model.named_parameters() if "lora_" in n}
+
+
+def save(directory: str | Path, step: int, model, optimizer, scheduler, history: list[dict], keep: int = 2) -> Path:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / f"step-{step:06d}"
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=directory))
+    try:
+        save_file(adapter_tensors(model), tmp / FILES[0])
+        opt = optimizer.state_dict()
+        tensors = {f"opt.{i}.{k}": v.contiguous() for i, s in opt["state"].items() for k, v in s.items()}
+        tensors["rng.torch"] = torch.get_rng_state()
+        if torch.cuda.is_available():
+            tensors.update({f"rng.cuda.{i}": t for i, t in enumerate(torch.cuda.get_rng_state_all())})
+        save_file(tensors, tmp / FILES[1])
+        version, ints, gauss = random.getstate()
+        state = {"step": step, "param_groups": opt["param_groups"], "scheduler": scheduler.state_dict(),
+                 "python_rng": [version, list(ints), gauss], "history": history}
+        (tmp / FILES[2]).write_text(json.dumps(state))
+        if final.exists():  # the same step saved again after a resume
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    for stale in directory.glob(".tmp-*"):  # left by a run killed while saving
+        shutil.rmtree(stale, ignore_errors=True)
+    for old in sorted(directory.glob("step-*"))[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest(directory: str | Path) -> Path | None:
+    """The newest complete checkpoint in `directory`, or None."""
+    done = [p for p in sorted(Path(directory).glob("step-*")) if all((p / f).is_file() for f in FILES)]
+    return done[-1] if done else None
+
+
+def load(path: str | Path, model, optimizer, scheduler) -> tuple[int, list[dict]]:
+    """Restore adapters, optimizer, scheduler and RNG states in place; return (step, history)."""
+    path = Path(path)
+    missing = [f for f in FILES if not (path / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{path} is not a complete checkpoint: {missing} missing.")
+    adapters = load_file(path / FILES[0])
+    params = {n: p for n, p in model.named_parameters() if "lora_" in n}
+    if set(adapters) != set(params):
+        raise ValueError(f"{path}: its adapters do not match this model ({len(set(adapters) ^ set(params))} tensor "
+                         "names differ). Resume with the same model, LoRA settings and teacher kind.")
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(adapters[name])
+    tensors = load_file(path / FILES[1])
+    state = json.loads((path / FILES[2]).read_text())
+    opt_state: dict[int, dict] = {}
+    for name, t in tensors.items():
+        if name.startswith("opt."):
+            _, index, key = name.split(".", 2)
+            opt_state.setdefault(int(index), {})[key] = t
+    optimizer.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    version, ints, gauss = state["python_rng"]
+    random.setstate((version, tuple(ints), gauss))
+    return state["step"], state["history"]
