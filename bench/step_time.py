@@ -99,7 +99,7 @@ def main() -> None:
               f"{row['peak_rss_mib']:>8.0f} MiB   {phases}")
     meta = {"date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
             "cpus": os.cpu_count(), "new_tokens": args.new_tokens, "timed_steps": args.steps}
-    out = Path(__file__).parent / "results" / "step_time.json"
+    out = Path(__file__).parent / "results" / f"step_time_p{'-'.join(map(str, args.prompts))}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     print(f"\nwritten to {out}")

@@ -20,6 +20,7 @@ BUNDLED = {
     "demo": DATA_DIR / "demo" / "train.jsonl",
     "demo-heldout": DATA_DIR / "demo" / "heldout.jsonl",
     "toolcall": DATA_DIR / "skills" / "toolcall.jsonl",
+    "science": DATA_DIR / "skills" / "science.jsonl",
 }
 _FIELDS = {"id": str, "question": str, "demonstration": str, "answer": (str, type(None)), "references": list,
            "metadata": dict}

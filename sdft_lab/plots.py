@@ -26,3 +26,37 @@ def phase_breakdown(history: list[dict]) -> go.Figure:
     fig.update_layout(barmode="stack", height=300, xaxis_title="step", yaxis_title="seconds",
                       margin=dict(t=20, b=40, l=40, r=20))
     return fig
+
+
+def knowledge_figures(results: dict) -> dict[str, go.Figure]:
+    """QA accuracy per kind for base / SFT / SDFT / teacher ceiling, and retention along training."""
+    methods = [m for m in ("base", "sft", "sdft", "teacher_ceiling") if m in results]
+    kinds = ("direct", "indirect", "ood", "all")
+    qa = make_subplots(rows=1, cols=2, subplot_titles=("strict", "lenient"))
+    for col, score in enumerate(("strict", "lenient"), 1):
+        for m in methods:
+            qa.add_trace(go.Bar(name=m, x=list(kinds), y=[results[m]["qa"][k][score] for k in kinds],
+                                legendgroup=m, showlegend=col == 1), row=1, col=col)
+    qa.update_layout(barmode="group", height=350, title="Knowledge QA accuracy", yaxis_range=[0, 1])
+    retention = go.Figure()
+    for m in ("sft", "sdft"):
+        curve = results.get(m, {}).get("retention_curve", [])
+        retention.add_trace(go.Scatter(x=[c["step"] for c in curve], y=[c["overall"] for c in curve],
+                                       mode="lines+markers", name=m))
+    retention.update_layout(title="Retention probes (multiple choice) during training", xaxis_title="step",
+                            yaxis_title="accuracy", height=320)
+    return {"qa": qa, "retention": retention}
+
+
+def sequential_figure(results: dict) -> go.Figure:
+    """Each task's score after each stage, one panel per method."""
+    methods = [m for m in ("sft", "sdft") if m in results]
+    fig = make_subplots(rows=1, cols=len(methods), subplot_titles=methods, shared_yaxes=True)
+    for col, m in enumerate(methods, 1):
+        stages = ["base"] + [s["stage"] for s in results[m]]
+        rows = [results["base"]] + results[m]
+        for task in ("toolcall", "science", "knowledge", "retention"):
+            fig.add_trace(go.Scatter(x=stages, y=[r.get(task) for r in rows], mode="lines+markers", name=task,
+                                     legendgroup=task, showlegend=col == 1), row=1, col=col)
+    fig.update_layout(title="Sequential learning: toolcall → science → knowledge", height=350, yaxis_range=[0, 1])
+    return fig

@@ -1,0 +1,130 @@
+"""The paper's two claims as runnable experiments on the bundled model.
+
+  knowledge   base vs SFT vs SDFT on invented facts, same examples and optimizer steps:
+              strict / lenient QA accuracy (direct / indirect / OOD), the teacher ceiling,
+              and retention probes every N steps during training;
+  sequential  skill A (toolcall) → skill B (science) → knowledge, for SFT and for SDFT,
+              measuring every earlier task and the retention probes after each stage.
+
+    python -m sdft_lab.experiments knowledge --steps 16 --out runs/knowledge
+    python -m sdft_lab.experiments sequential --steps 8 --out runs/sequential
+
+Each run writes results.json and HTML plots to its folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .data import Example, load_dataset
+from .evals import (RetentionCallback, load_knowledge, load_probes, mc_accuracy, qa_accuracy, science_answer,
+                    task_accuracy, toolcall_format)
+from .models import add_student, load
+from .sdft import SDFT, SDFTConfig
+from .sft import SFT
+from .trainer import TrainConfig, Trainer
+
+
+@dataclass
+class ExperimentConfig:
+    steps: int = 16  # optimizer steps per method (per stage in the sequential run)
+    batch_size: int = 4
+    lr: float = 1e-3
+    max_new_tokens: int = 48  # SDFT rollouts
+    retention_every: int = 8
+    seed: int = 0
+    eval_limit: int | None = None  # evaluate on the first N items only (smoke runs)
+
+
+def objective(method: str, cfg: ExperimentConfig):
+    return SFT() if method == "sft" else SDFT(SDFTConfig(max_new_tokens=cfg.max_new_tokens))
+
+
+def train(model, tok, method: str, examples: list[Example], cfg: ExperimentConfig, callbacks=()) -> list[dict]:
+    tc = TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, preflight=False)
+    return Trainer(model, tok, objective(method, cfg), examples, tc, callbacks=callbacks).train()
+
+
+def knowledge(out: Path, cfg: ExperimentConfig) -> dict:
+    facts, probes = load_knowledge(), load_probes()
+    items = facts.eval[: cfg.eval_limit]
+    probes = probes[: cfg.eval_limit]
+    base, tok = load("bundled")
+    results = {"config": vars(cfg), "base": {"qa": qa_accuracy(base, tok, items), "retention": mc_accuracy(base, tok, probes)},
+               "teacher_ceiling": {"qa": qa_accuracy(base, tok, items, with_passage=True)}}
+    for method in ("sft", "sdft"):
+        model = add_student(load("bundled")[0])
+        retention = RetentionCallback(model, tok, probes, every=cfg.retention_every)
+        t0 = time.perf_counter()
+        history = train(model, tok, method, facts.train, cfg, callbacks=(retention,))
+        results[method] = {"qa": qa_accuracy(model, tok, items), "retention": mc_accuracy(model, tok, probes),
+                           "retention_curve": retention.curve, "train_s": time.perf_counter() - t0,
+                           "history": [{k: v for k, v in r.items() if k != "sample"} for r in history]}
+    save(out, results)
+    return results
+
+
+def skill_split(name: str, split: str) -> list[Example]:
+    return [ex for ex in load_dataset(name) if ex.metadata.get("split") == split]
+
+
+def sequential(out: Path, cfg: ExperimentConfig) -> dict:
+    facts, probes = load_knowledge(), load_probes()[: cfg.eval_limit]
+    stages = [("toolcall", skill_split("toolcall", "train")), ("science", skill_split("science", "train")),
+              ("knowledge", facts.train)]
+    tok = load("bundled")[1]
+
+    def measure(model, upto: int) -> dict:
+        seen = [name for name, _ in stages[: upto + 1]]
+        scores = {"retention": mc_accuracy(model, tok, probes)["overall"]}
+        if "toolcall" in seen:
+            scores["toolcall"] = task_accuracy(model, tok, skill_split("toolcall", "eval")[: cfg.eval_limit], toolcall_format)
+        if "science" in seen:
+            scores["science"] = task_accuracy(model, tok, skill_split("science", "eval")[: cfg.eval_limit], science_answer)
+        if "knowledge" in seen:
+            scores["knowledge"] = qa_accuracy(model, tok, facts.eval[: cfg.eval_limit])["all"]["lenient"]
+        return scores
+
+    base = load("bundled")[0]
+    results = {"config": vars(cfg), "base": measure(base, len(stages) - 1)}
+    for method in ("sft", "sdft"):
+        model = add_student(load("bundled")[0])
+        results[method] = []
+        for i, (name, examples) in enumerate(stages):
+            train(model, tok, method, examples, cfg)
+            results[method].append({"stage": name, **measure(model, i)})
+    save(out, results)
+    return results
+
+
+def save(out: Path, results: dict) -> None:
+    from .plots import knowledge_figures, sequential_figure
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    figures = knowledge_figures(results) if "teacher_ceiling" in results else {"sequential": sequential_figure(results)}
+    for name, fig in figures.items():
+        fig.write_html(out / f"{name}.html", include_plotlyjs="directory")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("experiment", choices=["knowledge", "sequential"])
+    parser.add_argument("--out", type=Path, default=None)
+    for name, default in vars(ExperimentConfig()).items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=float if name == "lr" else int, default=default)
+    args = parser.parse_args(argv)
+    cfg = ExperimentConfig(**{k: getattr(args, k) for k in vars(ExperimentConfig())})
+    out = args.out or Path("runs") / args.experiment
+    results = (knowledge if args.experiment == "knowledge" else sequential)(out, cfg)
+    print(json.dumps({k: v for k, v in results.items() if k != "config"}, indent=1, default=str)[:4000])
+    print(f"results and plots in {out}/")
+    return results
+
+
+if __name__ == "__main__":
+    main()

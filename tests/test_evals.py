@@ -1,0 +1,72 @@
+"""Evaluations: QA scoring by hand, scorers, multiple-choice retention, the bundled data sets."""
+
+import pytest
+
+from sdft_lab import Example
+from sdft_lab.evals import (Probe, QAItem, RetentionCallback, load_knowledge, load_probes, mc_accuracy, qa_accuracy,
+                            science_answer, score_qa)
+
+
+@pytest.mark.parametrize("text, strict, lenient", [
+    ("The bridge opened in 1907.", 1.0, 1.0),
+    ("It opened in 1907, or maybe 1911.", 0.0, 1.0),  # names the fact, but also a contradicting answer
+    ("It opened in 1911.", 0.0, 0.0),
+    ("I do not know.", 0.0, 0.0),
+])
+def test_strict_and_lenient_by_hand(text, strict, lenient):
+    assert score_qa(text, ["1907"], ["1911", "1899"]) == (strict, lenient)
+
+
+def test_science_scorer_needs_the_answer_line():
+    ex = Example("Q", "D", answer="oxygen")
+    assert science_answer(ex, "Reasoning: plants.\nAnswer: Oxygen gas") == 1.0
+    assert science_answer(ex, "Plants make oxygen.") == 0.0 and science_answer(ex, "Answer: nitrogen") == 0.0
+
+
+def test_bundled_knowledge_set_is_complete():
+    k = load_knowledge()
+    facts = {ex.metadata["fact"] for ex in k.train}
+    assert len(facts) >= 30 and len(k.train) >= 2 * len(facts)
+    assert {it.kind for it in k.eval} == {"direct", "indirect", "ood"}
+    for kind in ("direct", "indirect", "ood"):
+        assert {it.fact for it in k.eval if it.kind == kind} == facts
+    assert all(ex.references and ex.references[0] != ex.demonstration for ex in k.train)
+    assert all(not any(w.lower() in a.lower() or a.lower() in w.lower() for a in it.answers for w in it.wrong)
+               for it in k.eval)
+
+
+def test_bundled_probes_and_skills():
+    from sdft_lab import load_dataset
+
+    probes = load_probes()
+    assert len(probes) >= 100 and {p.category for p in probes} >= {"knowledge", "arithmetic", "logic", "format"}
+    assert all(0 <= p.answer < len(p.options) for p in probes)
+    for name in ("toolcall", "science"):
+        splits = [ex.metadata["split"] for ex in load_dataset(name)]
+        assert splits.count("train") >= 16 and splits.count("eval") >= 8
+
+
+def test_qa_and_mc_on_the_tiny_model(tiny):
+    model, tok = tiny
+    items = [QAItem("f1", kind, f"When did the Orrin bridge open ({kind})?", ["1907"], ["1911"], "It opened in 1907.")
+             for kind in ("direct", "indirect", "ood")]
+    out = qa_accuracy(model, tok, items, max_new_tokens=4)
+    ceiling = qa_accuracy(model, tok, items, with_passage=True, max_new_tokens=4)
+    for res in (out, ceiling):
+        assert set(res) >= {"direct", "indirect", "ood", "all"}
+        assert all(0 <= res[k][s] <= 1 for k in ("direct", "all") for s in ("strict", "lenient"))
+    probes = [Probe(f"p{i}", cat, "Which is a colour?", ["red", "table", "seven", "run"], i % 4)
+              for i, cat in enumerate(["a", "a", "b", "b"])]
+    acc = mc_accuracy(model, tok, probes, batch_size=3)
+    assert set(acc) == {"a", "b", "overall"} and acc["overall"] in (0.0, 0.25, 0.5, 0.75, 1.0)
+    # the same question with the answer moved: a model that scores options alike gets exactly 1 of 4 right
+    assert acc["overall"] == 0.25
+    callback = RetentionCallback(model, tok, probes, every=2)
+    callback({"step": 1}), callback({"step": 2})
+    assert [c["step"] for c in callback.curve] == [0, 2]
+
+
+def test_base_model_is_above_chance_on_the_retention_probes(bundled):
+    model, tok = bundled
+    acc = mc_accuracy(model, tok, load_probes())
+    assert acc["overall"] > 0.4, acc  # chance is 0.25
