@@ -11,13 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .data import DATA_DIR, DataError, Example
-from .models import lm_head, teacher_view
+from .models import teacher_view
 from .prompts import PromptConfig, encode, fill, render_chat
-from .rollout import completion_hidden, completions_from_ids, sample
+from .rollout import completions_from_ids, mean_logp, sample
 
 _CALL = re.compile(r"<call>\s*[A-Za-z_]\w*\(.*?\)\s*</call>", re.DOTALL)
 _ANSWER_LINE = re.compile(r"^\s*Answer:\s*(.+)$", re.MULTILINE)
@@ -164,7 +163,6 @@ def load_probes(path: str | Path = DATA_DIR / "retention" / "probes.jsonl") -> l
 def mc_accuracy(model, tokenizer, probes: list[Probe], batch_size: int = 32) -> dict:
     """Accuracy per category and overall: the chosen option is the one with the highest mean per-token
     log-prob as the assistant's reply to the question (length-normalised, so long options are not penalised)."""
-    device = next(model.parameters()).device
     pairs = [(p, k) for p in probes for k in range(len(p.options))]
     scores = []
     for i in tqdm(range(0, len(pairs), batch_size), desc="retention probes", leave=False):
@@ -172,10 +170,7 @@ def mc_accuracy(model, tokenizer, probes: list[Probe], batch_size: int = 32) -> 
         prompts = [encode(tokenizer, render_chat(tokenizer, p.question)) for p, _ in chunk]
         y = completions_from_ids([encode(tokenizer, p.options[k]) for p, k in chunk], tokenizer, [],
                                  tokenizer.pad_token_id)
-        logp = F.log_softmax(lm_head(model)(completion_hidden(model, prompts, y)).float(), -1)
-        token_logp = logp.gather(-1, y.ids.to(device).unsqueeze(-1)).squeeze(-1)
-        mask = y.mask.to(device).float()
-        scores += ((token_logp * mask).sum(-1) / mask.sum(-1)).tolist()
+        scores += mean_logp(model, prompts, y).tolist()
     correct, k = {}, 0
     for p in probes:
         n = len(p.options)

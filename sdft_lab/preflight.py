@@ -23,14 +23,13 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from .data import Example, load_dataset
 from .evals import SCORERS, contains_answer
 from .losses import chunked_token_losses, loss_mask
 from .models import lm_head, teacher_view
 from .prompts import PAPER_TEMPLATE, encode, student_ids, teacher_ids
-from .rollout import completion_hidden, completions_from_ids, eos_ids, sample
+from .rollout import completion_hidden, completions_from_ids, eos_ids, mean_logp, sample
 from .sdft import SDFTConfig
 
 TEMPLATES = {
@@ -132,11 +131,7 @@ def reference_logp(model, tokenizer, prompts: list[list[int]], texts: list[str])
     """Mean over texts of the mean per-token log-prob of each text (plus EOS) after its prompt."""
     eos = eos_ids(model, tokenizer)[0]
     y = completions_from_ids([encode(tokenizer, t) + [eos] for t in texts], tokenizer, [eos], tokenizer.pad_token_id)
-    device = next(model.parameters()).device
-    logp = F.log_softmax(lm_head(model)(completion_hidden(model, prompts, y)).float(), -1)
-    token_logp = logp.gather(-1, y.ids.to(device).unsqueeze(-1)).squeeze(-1)
-    mask = y.mask.to(device).float()
-    return ((token_logp * mask).sum(-1) / mask.sum(-1)).mean().item()
+    return mean_logp(model, prompts, y).mean().item()
 
 
 @torch.no_grad()

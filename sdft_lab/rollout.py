@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .models import decoder
+from .models import decoder, lm_head
 from .prompts import left_pad
 
 
@@ -105,3 +105,13 @@ def completion_hidden(model, prompts: list[list[int]], completions: Completions)
     hidden = decoder(model)(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False).last_hidden_state
     P, T = p_ids.shape[1], completions.ids.shape[1]
     return hidden[:, P - 1 : P + T - 1]
+
+
+@torch.no_grad()
+def mean_logp(model, prompts: list[list[int]], completions: Completions) -> torch.Tensor:
+    """[B]: each completion's mean per-token log-prob after its prompt."""
+    device = next(model.parameters()).device
+    logp = torch.log_softmax(lm_head(model)(completion_hidden(model, prompts, completions)).float(), -1)
+    token_logp = logp.gather(-1, completions.ids.to(device).unsqueeze(-1)).squeeze(-1)
+    mask = completions.mask.to(device).float()
+    return (token_logp * mask).sum(-1) / mask.sum(-1)
