@@ -3,6 +3,7 @@ PYTHON_SYS ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+EXTRAS := $(VENV)/.extras
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 
 .PHONY: setup lab test demo bench screenshots clean
@@ -15,20 +16,25 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PIP) --no-deps --no-build-isolation -e . || $(PIP) --no-deps -e .
 	touch $(STAMP)
 
+# The optional extras (TRL, lm-eval) that the tests and the bench exercise; pinned to requirements.txt.
+$(EXTRAS): $(STAMP) requirements-extras.txt
+	$(PIP) -r requirements-extras.txt -c requirements.txt
+	touch $(EXTRAS)
+
 setup: $(STAMP)
 
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/
 
 # pytest exits 5 when it collected no tests: that is a broken setup, not a pass.
-test: setup
+test: setup $(EXTRAS)
 	$(PY) -m pytest tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "ERROR: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 demo: setup
 	$(PY) -m sdft_lab.demo
 
-bench: setup
+bench: setup $(EXTRAS)
 	$(PY) bench/step_time.py
 
 # Needs Debian's chromium (apt-get install chromium).
