@@ -76,7 +76,7 @@ def token_diffs(
     s_prompts = [student_ids(tokenizer, ex, cfg.prompts) for ex in examples]
     t_prompts = [teacher_ids(tokenizer, ex, cfg.prompts) for ex in examples] if demonstration else s_prompts
     if completions is None:
-        completions = sample(model, tokenizer, s_prompts, cfg.max_new_tokens, cfg.temperature, cfg.top_p, seed)
+        completions = sample(model, tokenizer, s_prompts, cfg.max_new_tokens, cfg.temperature, cfg.top_p, seed, cfg.engine)
     with teacher_view(model, cfg.teacher):
         t_logits = lm_head(model)(completion_hidden(model, t_prompts, completions)).float()
     s_logits = lm_head(model)(completion_hidden(model, s_prompts, completions)).float()

@@ -162,7 +162,7 @@ def preflight(
     with_ref = [i for i, ex in enumerate(exs) if ex.references]
     refs = [exs[i].references[0] for i in with_ref]
     student_ref = reference_logp(model, tokenizer, [s_prompts[i] for i in with_ref], refs) if refs else None
-    y = sample(model, tokenizer, s_prompts, cfg.max_new_tokens, sdft.temperature, sdft.top_p, seed=cfg.seed)
+    y = sample(model, tokenizer, s_prompts, cfg.max_new_tokens, sdft.temperature, sdft.top_p, cfg.seed, sdft.engine)
     s_hidden = completion_hidden(model, s_prompts, y)
     mask = loss_mask(y.mask, sdft.skip_first).to(device)
 

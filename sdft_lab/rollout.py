@@ -12,8 +12,12 @@ from dataclasses import dataclass
 
 import torch
 
+from . import decode
 from .models import decoder, lm_head
 from .prompts import left_pad
+
+
+ENGINES = ("auto", "lean", "hf")
 
 
 @dataclass
@@ -59,10 +63,21 @@ def sample(
     temperature: float = 1.0,
     top_p: float = 1.0,
     seed: int | None = None,
+    engine: str = "auto",
 ) -> Completions:
-    """Sample one completion per prompt. temperature 0 is greedy. Reproducible for a given seed."""
+    """Sample one completion per prompt. temperature 0 is greedy. Reproducible for a given seed.
+
+    engine: "lean" (decode.py's loop, llama-family models), "hf" (`model.generate`),
+    or "auto" (lean where supported). Both draw the same tokens for the same seed.
+    """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    lean = engine == "lean" or (engine == "auto" and decode.supported(model))
+    if engine == "lean" and not decode.supported(model):
+        raise ValueError(f"the lean sampler supports {decode.SUPPORTED} models without merged or DoRA adapters; "
+                         f"use engine='hf' for {model.config.model_type}")
     device = next(model.parameters()).device
     ids, mask = left_pad(prompts, tokenizer.pad_token_id)
     greedy = temperature == 0
@@ -73,21 +88,24 @@ def sample(
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             if seed is not None:
                 torch.manual_seed(seed)
-            out = model.generate(
-                input_ids=ids.to(device),
-                attention_mask=mask.to(device),
-                max_new_tokens=max_new_tokens,
-                do_sample=not greedy,
-                temperature=None if greedy else temperature,
-                top_p=None if greedy else top_p,
-                top_k=None if greedy else 0,  # 0 = no top-k cut: the paper samples the full distribution
-                eos_token_id=eos,
-                pad_token_id=tokenizer.pad_token_id,
-            )
+            if lean:
+                new = decode.generate(model, ids.to(device), mask.to(device), max_new_tokens, temperature, top_p,
+                                      eos, tokenizer.pad_token_id)
+            else:
+                new = model.generate(
+                    input_ids=ids.to(device),
+                    attention_mask=mask.to(device),
+                    max_new_tokens=max_new_tokens,
+                    do_sample=not greedy,
+                    temperature=None if greedy else temperature,
+                    top_p=None if greedy else top_p,
+                    top_k=None if greedy else 0,  # 0 = no top-k cut: the paper samples the full distribution
+                    eos_token_id=eos,
+                    pad_token_id=tokenizer.pad_token_id,
+                )[:, ids.shape[1]:]
     finally:
         model.train(was_training)
-    new = out[:, ids.shape[1]:].tolist()
-    return completions_from_ids(new, tokenizer, eos, tokenizer.pad_token_id)
+    return completions_from_ids(new.tolist(), tokenizer, eos, tokenizer.pad_token_id)
 
 
 def completion_hidden(model, prompts: list[list[int]], completions: Completions) -> torch.Tensor:

@@ -34,6 +34,7 @@ class SDFTConfig:
     max_new_tokens: int = 256
     temperature: float = 1.0  # the paper samples at 1.0 with top-p 1: on-policy
     top_p: float = 1.0
+    engine: str = "auto"  # rollout sampler: "lean" (decode.py), "hf" (model.generate), "auto" = lean where supported
     skip_first: int = 3  # the paper's code leaves the first 3 completion tokens out of the loss
     teacher: str = "base"  # "base" (adapter off), "ema" (EMA adapter) or "live" (collapses)
     ema_rate: float = 0.01  # r in θ_T ← (1−r)·θ_T + r·θ_S, the paper's value
@@ -91,7 +92,7 @@ class SDFT:
 
         # 1. on-policy rollout: the student answers the bare question
         t0 = time.perf_counter()
-        y = sample(model, tokenizer, s_prompts, cfg.max_new_tokens, cfg.temperature, cfg.top_p, seed)
+        y = sample(model, tokenizer, s_prompts, cfg.max_new_tokens, cfg.temperature, cfg.top_p, seed, cfg.engine)
 
         # 2. the teacher scores the same tokens with the demonstration in its context
         t1 = time.perf_counter()

@@ -1,0 +1,80 @@
+"""The lean sampler (decode.py) draws the same tokens as model.generate, so SDFT's losses do not change."""
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM
+
+from conftest import tiny_llama
+from sdft_lab import SDFT, SDFTConfig, add_student, decode, sample, teacher_view
+from sdft_lab.prompts import PromptConfig, student_ids
+
+SETTINGS = [dict(temperature=1.0, top_p=1.0), dict(temperature=0.7, top_p=0.9), dict(temperature=0)]
+
+
+def perturbed_student(model):
+    """A LoRA student whose adapter is not zero, so that adapter on and off sample differently."""
+    model = add_student(model)
+    torch.manual_seed(1)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.3)
+    return model
+
+
+def prompts(tokenizer, demo, n=3):
+    return [student_ids(tokenizer, ex, PromptConfig()) for ex in demo[:n]]  # different lengths: left padding
+
+
+def same_tokens(model, tokenizer, ps, new_tokens=24, **kw):
+    for seed in range(3):
+        lean = sample(model, tokenizer, ps, new_tokens, seed=seed, engine="lean", **kw)
+        hf = sample(model, tokenizer, ps, new_tokens, seed=seed, engine="hf", **kw)
+        assert torch.equal(lean.ids, hf.ids) and torch.equal(lean.mask, hf.mask), (seed, kw, lean.texts, hf.texts)
+
+
+@pytest.mark.parametrize("kw", SETTINGS)
+def test_lean_matches_generate_with_and_without_adapter(tokenizer, demo, kw):
+    model = perturbed_student(tiny_llama(tokenizer))
+    ps = prompts(tokenizer, demo)
+    same_tokens(model, tokenizer, ps, **kw)
+    with teacher_view(model, "base"):
+        same_tokens(model, tokenizer, ps, **kw)
+    on = sample(model, tokenizer, ps, 24, seed=0, engine="lean").ids
+    with teacher_view(model, "base"):
+        off = sample(model, tokenizer, ps, 24, seed=0, engine="lean").ids
+    assert not torch.equal(on, off)  # the adapter is really applied
+
+
+def test_lean_matches_generate_on_qwen2_with_biases(tokenizer, demo):
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, initializer_range=0.3,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    model = perturbed_student(Qwen2ForCausalLM(config).requires_grad_(False))
+    assert model.get_base_model().model.layers[0].self_attn.q_proj.base_layer.bias is not None
+    same_tokens(model, tokenizer, prompts(tokenizer, demo), **SETTINGS[0])
+
+
+def test_unsupported_models_fall_back_to_generate(tokenizer, demo):
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=1, n_head=2,
+                                       eos_token_id=tokenizer.eos_token_id))
+    ps = prompts(tokenizer, demo, 2)
+    assert not decode.supported(model)
+    assert sample(model, tokenizer, ps, 8, seed=0).ids.shape[0] == 2
+    with pytest.raises(ValueError, match="engine='hf'"):
+        sample(model, tokenizer, ps, 8, seed=0, engine="lean")
+    with pytest.raises(ValueError, match="engine must be one of"):
+        sample(model, tokenizer, ps, 8, engine="vllm")
+
+
+def test_sdft_losses_are_the_same_with_either_sampler(tokenizer, demo):
+    model = perturbed_student(tiny_llama(tokenizer))
+    scored = {engine: SDFT(SDFTConfig(max_new_tokens=24, engine=engine)).score(model, tokenizer, demo[:4], seed=7)
+              for engine in ("lean", "hf")}
+    assert torch.equal(scored["lean"].completions.ids, scored["hf"].completions.ids)
+    torch.testing.assert_close(scored["lean"].per_token, scored["hf"].per_token)
+
+
+def test_lean_matches_generate_on_the_bundled_model(bundled, demo):
+    model, tokenizer = bundled
+    same_tokens(model, tokenizer, prompts(tokenizer, demo, 4), new_tokens=16, **SETTINGS[0])
