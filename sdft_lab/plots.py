@@ -60,3 +60,18 @@ def sequential_figure(results: dict) -> go.Figure:
                                      legendgroup=task, showlegend=col == 1), row=1, col=col)
     fig.update_layout(title="Sequential learning: toolcall → science → knowledge", height=350, yaxis_range=[0, 1])
     return fig
+
+
+def benchmark_retention(rows: list[dict]) -> go.Figure:
+    """Base vs adapter on lm-eval tasks beside the retention-probe categories (rows from harness.compare),
+    with ±1 standard error where the harness reports one."""
+    x = [[r["source"] for r in rows], [f"{r['name']} ({r['metric']})" if r["source"] == "lm-eval" else r["name"]
+                                       for r in rows]]
+    fig = go.Figure()
+    for side in ("base", "adapter"):
+        errors = [r[f"{side}_stderr"] for r in rows]
+        fig.add_trace(go.Bar(name=side, x=x, y=[r[side] for r in rows],
+                             error_y=dict(array=errors, visible=any(e is not None for e in errors))))
+    fig.update_layout(barmode="group", height=350, yaxis_range=[0, 1], yaxis_title="accuracy",
+                      title="Retention: standard benchmarks (lm-eval) and the bundled probes")
+    return fig

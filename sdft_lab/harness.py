@@ -1,0 +1,145 @@
+"""Standard-benchmark retention through lm-evaluation-harness (optional: `pip install -e .[lmeval]`).
+
+The paper checks that SDFT keeps prior skills on HellaSwag, TruthfulQA, MMLU, IFEval, Winogrande and
+HumanEval. This bridge runs any lm-eval task on an in-memory model (the base, or the base with a saved
+adapter), so those numbers sit beside the bundled retention probes (evals.mc_accuracy). The project's own
+task, `sdft_lab_probes` (sdft_lab/harness_tasks/), needs no download; the standard ones need their datasets
+in the local Hugging Face cache or a network.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+TASKS_DIR = Path(__file__).resolve().parent / "harness_tasks"
+# Preferred metric per task, first match wins: acc_norm where a task reports it (HellaSwag's usual number),
+# else accuracy, IFEval's prompt-level strict accuracy, HumanEval's pass@1, then exact match (GSM8K style).
+PRIMARY_METRICS = ("acc_norm", "acc", "prompt_level_strict_acc", "pass@1", "exact_match")
+
+
+def _require_lm_eval():
+    try:
+        import lm_eval
+    except ImportError as err:
+        raise ImportError("The lm-eval bridge needs lm-evaluation-harness: `pip install -e .[lmeval]` "
+                          "(or `pip install lm-eval==0.4.13`).") from err
+    return lm_eval
+
+
+def probe_dataset(**_):
+    """The retention probes as a one-split DatasetDict; `custom_dataset` of the sdft_lab_probes task.
+    lm-eval passes the task's metadata as keyword arguments, which the probes do not need."""
+    from dataclasses import asdict
+
+    from datasets import Dataset, DatasetDict
+
+    from .evals import load_probes
+
+    return DatasetDict({"test": Dataset.from_list([asdict(p) for p in load_probes()])})
+
+
+def _task_manager(tasks: list[str], include_path: str | None):
+    """A TaskManager that knows every requested task. Indexing lm-eval's ~15k built-in task configs takes
+    ~10 s, so they are scanned only when a task is not among the project's (and include_path's) own."""
+    from lm_eval.tasks import TaskManager
+
+    paths = [str(TASKS_DIR)] + ([str(include_path)] if include_path else [])
+    unknown = tasks
+    for defaults in (False, True):
+        manager = TaskManager(include_path=paths, include_defaults=defaults)
+        unknown = [t for t in tasks if t not in manager.all_tasks and not Path(t).is_file()]
+        if not unknown:
+            return manager
+    hints = {t: difflib.get_close_matches(t, manager.all_tasks, n=3) for t in unknown}
+    raise ValueError("Unknown lm-eval task(s): " + "; ".join(f"{t!r} (did you mean {h}?)" if h else repr(t)
+                                                              for t, h in hints.items())
+                     + f". Known: lm-eval's built-in tasks, the project's {sorted(p.stem for p in TASKS_DIR.glob('*.yaml'))}"
+                     + (f" and those under {include_path}" if include_path else "; pass include_path= for your own YAML folder")
+                     + ".")
+
+
+def _clean(results: dict, group_subtasks: dict[str, list[str]]) -> dict[str, dict[str, float]]:
+    """{task: {metric: value}} for the top-level tasks and groups only (a group's members are dropped:
+    "mmlu" gives one row, not 57). lm-eval keys look like "acc,none" or "exact_match,strict-match";
+    the ",none" filter suffix is dropped, and non-numbers (aliases, "N/A" errors) are left out."""
+    members = {t for subtasks in group_subtasks.values() for t in subtasks}
+    out = {}
+    for task, row in results.items():
+        if task in members:
+            continue
+        out[task] = {key.removesuffix(",none"): float(v) for key, v in row.items()
+                     if "," in key and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return out
+
+
+def evaluate(model, tokenizer, tasks: list[str], *, include_path: str | None = None, limit: int | None = None,
+             batch_size: int = 8) -> dict:
+    """Run lm-eval tasks on an in-memory model; returns {task: {metric: value, metric_stderr: value}}.
+
+    model: a transformers model or a PeftModel (base + adapter, see load_adapter); it is scored as it is,
+    without the chat template (lm-eval's default for these benchmarks). tasks: lm-eval task or group names
+    (e.g. "hellaswag", "mmlu", "sdft_lab_probes") or paths to task YAML files. include_path: a folder of
+    your own task YAMLs. limit: at most this many documents per task (for quick looks; the numbers are then
+    not the benchmark's).
+    """
+    lm_eval = _require_lm_eval()
+    from lm_eval.models.huggingface import HFLM
+
+    if not tasks:
+        raise ValueError("tasks is empty: name at least one lm-eval task, e.g. ['sdft_lab_probes'].")
+    manager = _task_manager(list(tasks), include_path)
+    was_training = model.training  # HFLM switches the model to eval mode; a training run expects it back
+    try:
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        out = lm_eval.simple_evaluate(lm, tasks=list(tasks), task_manager=manager, limit=limit, log_samples=False)
+    finally:
+        model.train(was_training)
+    return _clean(out["results"], out.get("group_subtasks", {}))
+
+
+def load_adapter(model, path: str | Path):
+    """The base model with a saved peft adapter folder applied (inference mode). The base is modified in
+    place; `with teacher_view(adapted, "base"):` scores the base again without reloading it."""
+    from peft import PeftModel
+
+    if not (Path(path) / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{path} is not a saved adapter: it has no adapter_config.json "
+                                "(save one with Trainer.save_adapter or model.save_pretrained).")
+    return PeftModel.from_pretrained(model, str(path), is_trainable=False).eval()
+
+
+def primary_metric(row: dict[str, float]) -> str:
+    """The metric to show for one task's results (see PRIMARY_METRICS)."""
+    for name in PRIMARY_METRICS:
+        for key in row:
+            if key.split(",")[0] == name:
+                return key
+    numeric = [k for k in row if not k.split(",")[0].endswith("_stderr")]
+    if not numeric:
+        raise ValueError(f"no metric in {row}")
+    return numeric[0]
+
+
+def compare(base: dict, adapter: dict, probes: dict[str, dict[str, float]] | None = None) -> list[dict]:
+    """One row per harness task (its primary metric) and per retention-probe category:
+    {"source", "name", "metric", "base", "adapter", "delta", "base_stderr", "adapter_stderr"}.
+
+    base, adapter: evaluate() results. probes: {"base": mc_accuracy(...), "adapter": mc_accuracy(...)}.
+    """
+    rows = []
+    for task in base:
+        if task not in adapter:
+            raise ValueError(f"task {task!r} is in the base results but not in the adapter's")
+        metric = primary_metric(base[task])
+        err = metric.replace(metric.split(",")[0], metric.split(",")[0] + "_stderr", 1)
+        rows.append({"source": "lm-eval", "name": task, "metric": metric, "base": base[task][metric],
+                     "adapter": adapter[task][metric], "base_stderr": base[task].get(err),
+                     "adapter_stderr": adapter[task].get(err)})
+    if probes:
+        for cat, value in probes["base"].items():
+            rows.append({"source": "probes", "name": cat, "metric": "acc", "base": value,
+                         "adapter": probes["adapter"][cat], "base_stderr": None, "adapter_stderr": None})
+    for r in rows:
+        r["delta"] = r["adapter"] - r["base"]
+    return rows
