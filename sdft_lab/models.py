@@ -130,7 +130,8 @@ def load(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    # One GPU per process under `accelerate launch` / torchrun (LOCAL_RANK); plain "cuda:0" otherwise.
+    device = device or (f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu")
     quant = resolve_quantization(quantization, device)
     path = str(bundled_path()) if name_or_path == BUNDLED else name_or_path
     kwargs: dict = {"trust_remote_code": trust_remote_code}

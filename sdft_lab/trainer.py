@@ -5,6 +5,10 @@ and `after_optimizer_step(model)`. The Trainer owns everything else: batching,
 AdamW, cosine schedule with warm-up, gradient accumulation, clipping, seeds,
 the metric stream and saving the adapter. `step()` runs one optimizer step and
 can be called from a notebook cell; `train(n)` runs n of them with a progress bar.
+
+Launched on several processes (`accelerate launch --num_processes N script.py`), the same
+code trains data-parallel (see distributed.py): `batch_size` is per process, each process
+takes its own share of every batch, and the metrics are averaged over the processes.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from . import checkpoint
+from . import checkpoint, distributed
 from .data import Example
 from .models import STUDENT, trainable_parameters
 
@@ -27,7 +31,7 @@ from .models import STUDENT, trainable_parameters
 @dataclass
 class TrainConfig:
     steps: int = 100  # optimizer steps; sets the length of the schedule
-    batch_size: int = 4  # prompts per micro-batch (one rollout each)
+    batch_size: int = 4  # prompts per micro-batch and process (one rollout each)
     grad_accum: int = 1  # micro-batches per optimizer step
     lr: float = 1e-4  # LoRA rates are ~10x full fine-tuning's 5e-6…5e-5
     weight_decay: float = 0.0
@@ -75,10 +79,14 @@ class Trainer:
         self.cfg = cfg or TrainConfig()
         self.callbacks = list(callbacks)
         seed_everything(self.cfg.seed)
+        self.group = distributed.setup(model)
         objective.setup(model)
         self.params = trainable_parameters(model)
         if not self.params:
             raise ValueError("The model has no trainable parameters: add the student adapter (models.add_student).")
+        # Every process starts from the main process's adapters (student and EMA teacher), as DDP would.
+        with torch.no_grad():
+            self.group.broadcast_(list(checkpoint.adapter_tensors(model).values()))
         self.optimizer = torch.optim.AdamW(self.params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, cosine_with_warmup(self.cfg))
         self.step_count = 0
@@ -114,17 +122,22 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         micro: list[dict] = []
         for m in range(cfg.grad_accum):
-            index = self.step_count * cfg.grad_accum + m
+            # Micro-batch `index` of the whole run; process r of W takes slice W·index + r of the stream,
+            # so W processes together see what one process with W times the batch_size would see.
+            index = (self.step_count * cfg.grad_accum + m) * self.group.world + self.group.rank
             loss, metrics = self.objective.loss(self.model, self.tokenizer, self.batch(index),
                                                 seed=cfg.seed * 1_000_003 + index)
-            if not torch.isfinite(loss):
-                self.optimizer.zero_grad(set_to_none=True)
-                raise FloatingPointError(f"Step {self.step_count}: the loss is {loss.item()}. Nothing was updated and "
-                                         "saved checkpoints are intact; try a lower lr or check the data.")
             tb = time.perf_counter()
             (loss / cfg.grad_accum).backward()
             micro.append({"loss": loss.item(), **metrics, "backward_s": time.perf_counter() - tb})
         to = time.perf_counter()
+        # Checked after the averaging, so that every process sees the same failure and none waits forever.
+        self.group.average_gradients_(self.params)
+        metrics = self.group.average_metrics(_average(micro))
+        if not math.isfinite(metrics["loss"]):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise FloatingPointError(f"Step {self.step_count}: the loss is {metrics['loss']}. Nothing was updated and "
+                                     "saved checkpoints are intact; try a lower lr or check the data.")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
         if not torch.isfinite(grad_norm):
             self.optimizer.zero_grad(set_to_none=True)
@@ -134,7 +147,7 @@ class Trainer:
         self.scheduler.step()
         self.objective.after_optimizer_step(self.model)
         self.step_count += 1
-        record = {"step": self.step_count, **_average(micro), "grad_norm": grad_norm.item(),
+        record = {"step": self.step_count, **metrics, "grad_norm": grad_norm.item(),
                   "lr": self.scheduler.get_last_lr()[0], "optim_s": time.perf_counter() - to,
                   "step_s": time.perf_counter() - t0}
         self.history.append(record)
@@ -145,9 +158,10 @@ class Trainer:
     def train(self, steps: int | None = None) -> list[dict]:
         """Run `steps` optimizer steps (default: up to cfg.steps) with a progress bar."""
         steps = self.cfg.steps - self.step_count if steps is None else steps
-        if self.cfg.preflight and self.preflight is None and hasattr(self.objective, "preflight"):
+        wants_preflight = self.cfg.preflight and self.preflight is None and hasattr(self.objective, "preflight")
+        if wants_preflight and self.group.is_main:  # one process is enough to warn
             self.preflight = self.objective.preflight(self.model, self.tokenizer, self.examples)
-        bar = tqdm(range(steps), desc=self.objective.name)
+        bar = tqdm(range(steps), desc=self.objective.name, disable=not self.group.is_main)
         for _ in bar:
             record = self.step()
             bar.set_postfix({k: f"{record[k]:.3f}" for k in ("loss", "kl") if k in record})
@@ -158,8 +172,11 @@ class Trainer:
         directory = directory or self.cfg.checkpoint_dir
         if directory is None:
             raise ValueError("No checkpoint directory: pass one or set TrainConfig.checkpoint_dir.")
-        return checkpoint.save(directory, self.step_count, self.model, self.optimizer, self.scheduler,
-                               self.history, self.cfg.keep_checkpoints)
+        if self.group.is_main:  # the processes hold identical adapters and optimizer states
+            checkpoint.save(directory, self.step_count, self.model, self.optimizer, self.scheduler,
+                            self.history, self.cfg.keep_checkpoints)
+        self.group.barrier()
+        return checkpoint.latest(directory)
 
     def resume(self, path: str | Path | None = None) -> int:
         """Continue from a checkpoint folder, or from the newest one in checkpoint_dir. Returns the step."""
@@ -174,7 +191,9 @@ class Trainer:
 
     def save_adapter(self, path: str | Path) -> Path:
         """The student adapter in peft's format (safetensors); reload with PeftModel.from_pretrained."""
-        self.model.save_pretrained(str(path), selected_adapters=[STUDENT], safe_serialization=True)
+        if self.group.is_main:
+            self.model.save_pretrained(str(path), selected_adapters=[STUDENT], safe_serialization=True)
+        self.group.barrier()
         return Path(path)
 
 

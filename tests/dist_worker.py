@@ -1,0 +1,72 @@
+"""A short SDFT run for test_distributed, the same script single-process or under `accelerate launch`.
+
+    accelerate launch --multi_gpu --num_processes 2 tests/dist_worker.py OUT --batch-size 2
+    python tests/dist_worker.py OUT --batch-size 4          # the same run on one process
+
+Writes OUT/rank{R}.json (the example ids of every micro-batch this process trained on, its rollouts,
+the step losses) and OUT/rank{R}.safetensors (its adapters after training).
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+sys.path.insert(0, str(Path(__file__).parent))
+from conftest import tiny_llama  # noqa: E402
+
+from sdft_lab import SDFT, SDFTConfig, TrainConfig, Trainer, add_student, load_dataset  # noqa: E402
+from sdft_lab.checkpoint import adapter_tensors  # noqa: E402
+
+STEPS, GRAD_ACCUM = 2, 2
+# Near-greedy sampling: a rollout then depends on its prompt only, not on the seed or on its batch-mates,
+# so the processes' rollouts are the ones a single process would sample for the combined batch.
+CFG = SDFTConfig(max_new_tokens=6, temperature=1e-6, skip_first=0, teacher="ema", ema_rate=0.5)
+
+
+class Recording(SDFT):
+    """SDFT that remembers which examples it trained on and what it sampled."""
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.batches, self.rollouts = [], {}
+
+    def score(self, model, tokenizer, examples, seed=None):
+        scored = super().score(model, tokenizer, examples, seed)
+        self.batches.append([ex.id for ex in examples])
+        self.rollouts.update({ex.id: ids for ex, ids in zip(examples, scored.completions.ids.tolist())})
+        return scored
+
+
+def run(out: Path, tokenizer, batch_size: int, lora_seed: int) -> dict:
+    model = tiny_llama(tokenizer, seed=0)
+    torch.manual_seed(lora_seed)  # a different LoRA init per process: the Trainer must broadcast the main one's
+    model = add_student(model)
+    objective = Recording(CFG)
+    trainer = Trainer(model, tokenizer, objective, load_dataset("demo"),
+                      TrainConfig(steps=STEPS, batch_size=batch_size, grad_accum=GRAD_ACCUM, lr=1e-2, preflight=False))
+    losses = [r["loss"] for r in trainer.train()]
+    result = {"rank": trainer.group.rank, "world": trainer.group.world, "batches": objective.batches,
+              "rollouts": objective.rollouts, "losses": losses}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"rank{trainer.group.rank}.json").write_text(json.dumps(result))
+    save_file(adapter_tensors(model), out / f"rank{trainer.group.rank}.safetensors")
+    return result
+
+
+if __name__ == "__main__":
+    import os
+
+    from transformers import AutoTokenizer
+
+    from sdft_lab.models import bundled_path
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--batch-size", type=int, required=True)
+    args = parser.parse_args()
+    tok = AutoTokenizer.from_pretrained(bundled_path())  # the tokenizer only: the model is the tiny llama
+    run(args.out, tok, args.batch_size, lora_seed=100 + int(os.environ.get("RANK", 0)))

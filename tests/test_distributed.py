@@ -1,0 +1,57 @@
+"""Data-parallel training for real: two CPU processes (gloo) under `accelerate launch`, against one process."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import json
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import dist_worker
+
+ACCELERATE = Path(sys.executable).parent / "accelerate"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(not ACCELERATE.exists() and shutil.which("accelerate") is None, reason="accelerate is not installed")
+def test_two_processes_train_like_one_process_on_the_combined_batch(tokenizer, tmp_path):
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    launcher = str(ACCELERATE if ACCELERATE.exists() else shutil.which("accelerate"))
+    # accelerate's --cpu flag starts one process unless MPI is set up; --multi_gpu with no visible GPU
+    # starts two processes that join a gloo group on the CPU.
+    subprocess.run([launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                    "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+                    str(Path(dist_worker.__file__)), str(tmp_path / "dp"), "--batch-size", "2"],
+                   check=True, env=env, timeout=300)
+    ranks = [json.loads((tmp_path / "dp" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    single = dist_worker.run(tmp_path / "one", tokenizer, batch_size=4, lora_seed=100)
+    assert [r["world"] for r in ranks] == [2, 2] and single["world"] == 1
+
+    # each process trained on its own half of every batch, and together on the single process's batches
+    for (a, b), whole in zip(zip(ranks[0]["batches"], ranks[1]["batches"]), single["batches"], strict=True):
+        assert not set(a) & set(b)
+        assert sorted(a + b) == sorted(whole)
+    for r in ranks:  # the processes sampled what one process samples for the same prompts
+        assert all(r["rollouts"][i] == single["rollouts"][i] for i in r["rollouts"])
+
+    # the averaged loss is the combined batch's loss, on every process
+    assert ranks[0]["losses"] == ranks[1]["losses"]
+    assert ranks[0]["losses"] == pytest.approx(single["losses"], rel=1e-4)
+
+    # identical adapters (student and EMA teacher) on both processes, equal to the single process's
+    adapters = [load_file(tmp_path / "dp" / f"rank{r}.safetensors") for r in (0, 1)]
+    reference = load_file(tmp_path / "one" / "rank0.safetensors")
+    assert adapters[0].keys() == reference.keys()
+    for name, value in reference.items():
+        assert torch.equal(adapters[0][name], adapters[1][name]), name
+        torch.testing.assert_close(adapters[0][name], value, rtol=1e-4, atol=1e-6, msg=name)
