@@ -50,15 +50,17 @@ def fill(template: str, question: str, demonstration: str) -> str:
     return _FIELD.sub(lambda m: values[m.group(1)], template)
 
 
+def chat_messages(user: str, system: str | None = None) -> list[dict]:
+    """One user turn as chat messages, after an optional system message."""
+    return ([{"role": "system", "content": system}] if system is not None else []) + [{"role": "user", "content": user}]
+
+
 def render_chat(tokenizer, user: str, system: str | None = None) -> str:
     """The chat-template text for one user turn, ending where the assistant starts."""
     if tokenizer.chat_template is None:
         warnings.warn(f"The tokenizer has no chat template; using the plain template {PLAIN_CHAT!r}.", stacklevel=2)
         return PLAIN_CHAT.format(content=user if system is None else f"{system}\n\n{user}")
-    messages = ([{"role": "system", "content": system}] if system is not None else []) + [
-        {"role": "user", "content": user}
-    ]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer.apply_chat_template(chat_messages(user, system), tokenize=False, add_generation_prompt=True)
 
 
 def encode(tokenizer, text: str) -> list[int]:

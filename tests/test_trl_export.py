@@ -1,0 +1,104 @@
+"""Export to TRL's SDFTTrainer: template split, config mapping, and one real TRL step on the tiny llama."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from sdft_lab import DivergenceConfig, PromptConfig, SDFTConfig, TrainConfig
+from sdft_lab.preflight import TEMPLATES
+from sdft_lab.prompts import fill, teacher_ids
+from sdft_lab.trl_export import distillation, export, load_for_trl, split_template
+
+from conftest import tiny_llama
+
+
+@pytest.mark.parametrize("name", sorted(TEMPLATES))
+def test_trl_rebuilds_the_teacher_user_turn_character_for_character(name):
+    trl_template, context = split_template(TEMPLATES[name])
+    q, d = "What is {x} in Velmora?", "It is {y}, as}{ the records say."  # braces must survive str.format
+    assert trl_template.format(prompt=q, privileged_context=fill(context, q, d)) == fill(TEMPLATES[name], q, d)
+    assert "{demonstration}" in context and "{question}" not in context
+
+
+def test_the_paper_template_is_trls_default():
+    trl_template, context = split_template(TEMPLATES["paper"])
+    assert trl_template == "{prompt}\n\n{privileged_context}"
+    assert context.startswith("This is an example for a response to the question:\n{demonstration}")
+
+
+def test_templates_trl_cannot_express_are_refused():
+    with pytest.raises(ValueError, match="exactly once"):
+        split_template("{demonstration}\n{question}\n{demonstration}")
+
+
+@pytest.mark.parametrize("div, expected", [
+    (DivergenceConfig(), {"distillation_mode": "full_logits", "distillation_alpha": 0.0}),
+    (DivergenceConfig(kind="reverse_kl"), {"distillation_mode": "full_logits", "distillation_alpha": 1.0}),
+    (DivergenceConfig(kind="jsd", alpha=0.3), {"distillation_mode": "full_logits", "distillation_alpha": 0.3}),
+    (DivergenceConfig(kind="sampled"), {"distillation_mode": "sampled_token", "distillation_alpha": 1.0}),
+    (DivergenceConfig(top_k=20, top_k_side="student"),
+     {"distillation_mode": "topk_logits", "distillation_alpha": 0.0, "distillation_topk": 20,
+      "distillation_add_tail": True}),
+])
+def test_divergence_mapping(div, expected):
+    assert distillation(div) == expected
+
+
+def test_teacher_side_top_k_has_no_trl_equivalent():
+    with pytest.raises(ValueError, match="top_k_side='student'"):
+        distillation(DivergenceConfig(top_k=20, top_k_side="teacher"))
+
+
+def test_export_measures_the_teacher_prompts_and_sets_the_limit(tokenizer, demo, tmp_path):
+    sdft = SDFTConfig(max_new_tokens=16, skip_first=2, teacher="live", prompts=PromptConfig(system="Be brief."))
+    config = export(demo, tokenizer, tmp_path, sdft, TrainConfig(steps=7, batch_size=2, lr=3e-4))
+    rows = [json.loads(line) for line in (tmp_path / "train.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == [ex.id for ex in demo]
+    assert rows[0]["prompt"] == [{"role": "system", "content": "Be brief."},
+                                 {"role": "user", "content": demo[0].question}]
+    longest = max(len(teacher_ids(tokenizer, ex, sdft.prompts)) for ex in demo)
+    kwargs = config["sdft_config"]
+    assert kwargs["max_prompt_length"] == longest == config["teacher_prompt_lengths"]["max"]
+    assert (kwargs["num_loss_tokens_to_skip"], kwargs["max_completion_length"], kwargs["teacher_model_kind"],
+            kwargs["max_steps"], kwargs["learning_rate"], kwargs["num_generations"]) == (2, 16, "live", 7, 3e-4, 1)
+    assert json.loads((tmp_path / "trl_config.json").read_text()) == config
+
+
+def test_export_warns_where_trl_would_differ(tokenizer, demo, tmp_path):
+    with pytest.warns(UserWarning, match="TRL also divides the logits"):
+        export(demo[:2], tokenizer, tmp_path, SDFTConfig(temperature=0.7))
+    with pytest.warns(UserWarning, match="would trim their demonstrations"):
+        export(demo[:2], tokenizer, tmp_path, SDFTConfig(prompts=PromptConfig(max_teacher_prompt_tokens=40)))
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # transformers deprecations raised inside TRL
+def test_trl_sdft_trainer_runs_one_step_on_the_export(tokenizer, demo, tmp_path):
+    sdft_module = pytest.importorskip("trl.experimental.sdft",
+                                      reason="TRL is an optional test dependency: pip install -e .[trl]")
+    sdft = SDFTConfig(max_new_tokens=8)
+    export(demo, tokenizer, tmp_path / "export", sdft, TrainConfig(steps=1, batch_size=2, lr=1e-2))
+    args, lora, dataset = load_for_trl(tmp_path / "export", str(tmp_path / "trl"), use_cpu=True, bf16=False,
+                                       report_to="none", logging_steps=1, save_strategy="no", disable_tqdm=True)
+    trainer = sdft_module.SDFTTrainer(model=tiny_llama(tokenizer), args=args, train_dataset=dataset,
+                                      processing_class=tokenizer, peft_config=lora)
+
+    # TRL builds exactly sdft_lab's teacher prompt from the exported row, and cuts nothing from it
+    for row, ex in zip(dataset, demo):
+        composed = trainer.teacher_context_builder._compose_teacher_prompt(row["prompt"], row["privileged_context"])
+        assert trainer._tokenize_prompts([composed])[0] == teacher_ids(tokenizer, ex, sdft.prompts)
+    # why the limit is measured: below it, TRL keeps the tail and drops the chat header and the question
+    row, ex = max(zip(dataset, demo), key=lambda pair: len(teacher_ids(tokenizer, pair[1], sdft.prompts)))
+    limit = args.max_prompt_length
+    trainer.max_prompt_length = limit - 8
+    cut = trainer._tokenize_prompts([trainer.teacher_context_builder._compose_teacher_prompt(
+        row["prompt"], row["privileged_context"])])[0]
+    assert len(cut) == limit - 8 and cut == teacher_ids(tokenizer, ex, sdft.prompts)[8:]
+    trainer.max_prompt_length = limit
+
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_B" in n}
+    result = trainer.train()
+    assert trainer.state.global_step == 1 and math.isfinite(result.training_loss)
+    after = dict(trainer.model.named_parameters())
+    assert any(not torch.equal(after[n], b) for n, b in before.items())  # the adapter moved
