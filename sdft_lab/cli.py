@@ -1,0 +1,346 @@
+"""`sdft-lab`: the notebooks' steps as headless commands.
+
+    sdft-lab train --data demo --steps 20 --out runs/cli        SDFT (or --method sft) on a bundled set or a jsonl
+    sdft-lab train --config run.yaml --lr 5e-4                   a YAML / JSON config; flags override it
+    sdft-lab eval --adapter runs/cli/adapter --probes --knowledge
+    sdft-lab diff --data demo-heldout --example 0 --out diff.html
+    sdft-lab export-trl --data demo --out runs/trl-export        a dataset and config for TRL's SDFTTrainer
+    sdft-lab demo | preflight | experiment ...                   the module scripts, same flags
+
+A config file holds any of: method, model, quantization, data, out, and the sections train (TrainConfig),
+sdft (SDFTConfig, with divergence and prompts inside), sft (SFTConfig), lora (LoraSettings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+import typing
+from pathlib import Path
+
+from .data import Example, load_dataset
+from .models import LoraSettings
+from .sdft import SDFTConfig
+from .sft import SFTConfig
+from .trainer import TrainConfig
+
+SECTIONS = {"train": TrainConfig, "sdft": SDFTConfig, "sft": SFTConfig, "lora": LoraSettings}
+TOP_LEVEL = {"method": "sdft", "model": "bundled", "quantization": "auto", "data": "demo", "out": "runs/cli"}
+# (flag, dotted config key, type or choices, help); a flag that is not given leaves the config file's value
+CONFIG_FLAGS = {
+    "training (TrainConfig)": [
+        ("--steps", "train.steps", int, "optimizer steps"),
+        ("--batch-size", "train.batch_size", int, "prompts per step and process"),
+        ("--grad-accum", "train.grad_accum", int, "micro-batches per step"),
+        ("--lr", "train.lr", float, "learning rate"),
+        ("--seed", "train.seed", int, "seed of the batches and rollouts"),
+        ("--checkpoint-every", "train.checkpoint_every", int, "checkpoint every N steps to OUT/checkpoints"),
+    ],
+    "SDFT (SDFTConfig)": [
+        ("--max-new-tokens", "sdft.max_new_tokens", int, "rollout length"),
+        ("--divergence", "sdft.divergence.kind", ["forward_kl", "reverse_kl", "jsd", "sampled"], "loss"),
+        ("--alpha", "sdft.divergence.alpha", float, "jsd's α: 0 = forward KL, 1 = reverse KL"),
+        ("--top-k", "sdft.divergence.top_k", int, "KL over the top-k tokens plus a tail bucket; None = all"),
+        ("--top-k-side", "sdft.divergence.top_k_side", ["teacher", "student"], "whose top-k is the support"),
+        ("--teacher", "sdft.teacher", ["base", "ema", "live"], "teacher weights"),
+        ("--skip-first", "sdft.skip_first", int, "completion tokens left out of the loss"),
+    ],
+    "LoRA (LoraSettings)": [
+        ("--lora-r", "lora.r", int, "rank"),
+        ("--lora-alpha", "lora.alpha", int, "scale"),
+    ],
+}
+PASSTHROUGH = {"demo": "sdft_lab.demo", "preflight": "sdft_lab.preflight", "experiment": "sdft_lab.experiments"}
+
+
+# ----------------------------------------------------------------------------
+# Config: a file, then flags
+
+
+def read_config(path: Path) -> dict:
+    if not path.is_file():
+        raise SystemExit(f"error: {path}: no such config file.")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise SystemExit(f"error: {path}: reading YAML needs PyYAML (`pip install pyyaml`); "
+                             "or write the config as JSON.") from None
+        config = yaml.safe_load(text) or {}
+    else:
+        try:
+            config = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise SystemExit(f"error: {path}:{err.lineno}: not valid JSON ({err.msg}). Use .yaml / .yml for YAML.")
+    if not isinstance(config, dict):
+        raise SystemExit(f"error: {path}: the config must be a mapping of keys to values.")
+    unknown = set(config) - set(SECTIONS) - set(TOP_LEVEL)
+    if unknown:
+        raise SystemExit(f"error: {path}: unknown key(s) {sorted(unknown)}; allowed: "
+                         f"{sorted(TOP_LEVEL)} and the sections {sorted(SECTIONS)}.")
+    return config
+
+
+def build(cls, values: dict, where: str):
+    """A config dataclass from a dict; nested dataclass fields (divergence, prompts) from nested dicts."""
+    if not isinstance(values, dict):
+        raise SystemExit(f"error: {where} must be a mapping, got {values!r}.")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    if set(values) - known:
+        raise SystemExit(f"error: {where}: unknown key(s) {sorted(set(values) - known)}; "
+                         f"{cls.__name__} has {sorted(known)}.")
+    kwargs = {k: build(hints[k], v, f"{where}.{k}") if dataclasses.is_dataclass(hints[k]) else v
+              for k, v in values.items()}
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as err:
+        raise SystemExit(f"error: {where}: {err}") from None
+
+
+def resolve(args: argparse.Namespace) -> dict:
+    """The config file's values, overridden by the flags given (dotted dests like "sdft.divergence.kind")."""
+    config = read_config(args.config) if args.config else {}
+    where = str(args.config or "flags")
+    for dest, value in vars(args).items():
+        if "." in dest:
+            *path, key = dest.split(".")
+            node = config
+            for part in path:
+                node = node.setdefault(part, {})
+            node[key] = value
+        elif dest in TOP_LEVEL and value is not None:
+            config[dest] = value
+    out = {k: config.get(k, default) for k, default in TOP_LEVEL.items()}
+    if out["method"] not in ("sdft", "sft"):
+        raise SystemExit(f"error: {where}: method must be 'sdft' or 'sft', got {out['method']!r}.")
+    out.update({name: build(cls, config.get(name, {}), f"{where}: {name}") for name, cls in SECTIONS.items()})
+    return out
+
+
+def add_config_flags(p: argparse.ArgumentParser) -> None:
+    """Flags for the settings people change most; anything else goes in --config, whose values they override."""
+    p.add_argument("--config", type=Path, help="a YAML or JSON file (`sdft-lab --help` lists its keys)")
+    p.add_argument("--data", help="a bundled set (demo, toolcall, science, …) or a jsonl path [demo]")
+    p.add_argument("--model", help="'bundled', a local folder or a hub id in the local cache [bundled]")
+    p.add_argument("--method", choices=["sdft", "sft"], help="[sdft]")
+    p.add_argument("--quantization", choices=["auto", "nf4", "none"], help="auto = NF4 on CUDA, fp32 on CPU [auto]")
+    for title, flags in CONFIG_FLAGS.items():
+        g = p.add_argument_group(title)
+        for flag, dest, kind, help in flags:
+            extra = {"choices": kind} if isinstance(kind, list) else {"type": kind, "metavar": kind.__name__.upper()}
+            g.add_argument(flag, dest=dest, default=argparse.SUPPRESS,  # absent unless given
+                           help=f"{help} [{default_of(dest)}]", **extra)
+
+
+def default_of(dest: str):
+    """The dataclass default behind a dotted config key, for --help."""
+    section, *path = dest.split(".")
+    value = SECTIONS[section]()
+    for part in path:
+        value = getattr(value, part)
+    return value
+
+
+def add_model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="bundled", help="'bundled', a local folder or a hub id [bundled]")
+    p.add_argument("--quantization", default="auto", choices=["auto", "nf4", "none"], help="[auto]")
+    p.add_argument("--adapter", type=Path, help="a saved adapter folder, the student (default: the base model)")
+
+
+# ----------------------------------------------------------------------------
+# Commands
+
+
+def load_model(name: str, quantization: str = "auto", adapter: Path | None = None):
+    """(model, tokenizer): the base, with a saved adapter applied when given."""
+    from .models import load
+
+    model, tok = load(name, quantization=quantization)
+    if adapter is None:
+        return model, tok
+    from peft import PeftModel
+
+    if not (adapter / "adapter_config.json").is_file():
+        raise SystemExit(f"error: {adapter} is not a saved adapter (no adapter_config.json); "
+                         "`sdft-lab train` writes one to OUT/adapter.")
+    return PeftModel.from_pretrained(model, str(adapter)), tok
+
+
+def train(args: argparse.Namespace) -> dict:
+    from .models import add_student
+    from .sdft import SDFT
+    from .sft import SFT
+    from .trainer import Trainer
+
+    cfg = resolve(args)
+    out = Path(cfg["out"])
+    if cfg["train"].checkpoint_dir is None:
+        cfg["train"] = dataclasses.replace(cfg["train"], checkpoint_dir=str(out / "checkpoints"))
+    examples = load_dataset(cfg["data"])
+    model, tok = load_model(cfg["model"], cfg["quantization"])
+    model = add_student(model, cfg["lora"])
+    objective = SDFT(cfg["sdft"]) if cfg["method"] == "sdft" else SFT(cfg["sft"])
+    trainer = Trainer(model, tok, objective, examples, cfg["train"])
+    if args.resume:
+        trainer.resume()
+    t0 = time.perf_counter()
+    history = trainer.train()
+    trainer.save_adapter(out / "adapter")
+    if trainer.group.is_main:
+        (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in trainer.history))
+        (out / "config.json").write_text(json.dumps(
+            {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in cfg.items()}, indent=1))
+        last = history[-1] if history else {}
+        print(f"{cfg['method']}: {len(history)} steps in {time.perf_counter() - t0:.0f} s; last loss "
+              f"{last.get('loss', float('nan')):.4f}. Adapter, metrics.jsonl and config.json in {out}/")
+    return {"history": history, "out": str(out)}
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    from .evals import SCORERS, load_knowledge, load_probes, mc_accuracy, qa_accuracy, task_accuracy
+
+    if not (args.probes or args.knowledge or args.task or args.harness_tasks):
+        args.probes = True
+    model, tok = load_model(args.model, args.quantization, args.adapter)
+    results: dict = {"model": args.model, "adapter": str(args.adapter) if args.adapter else None}
+    if args.probes:
+        results["retention_probes"] = mc_accuracy(model, tok, load_probes()[: args.limit])
+    if args.knowledge:
+        qa = qa_accuracy(model, tok, load_knowledge().eval[: args.limit])
+        results["knowledge_qa"] = {k: v for k, v in qa.items() if k != "samples"}
+    if args.task:
+        examples = load_dataset(args.task)
+        if args.split:
+            examples = [ex for ex in examples if ex.metadata.get("split") == args.split]
+            if not examples:
+                raise SystemExit(f"error: {args.task} has no examples with metadata split {args.split!r}.")
+        results[f"task:{args.task}"] = {args.scorer: task_accuracy(model, tok, examples[: args.limit],
+                                                                    SCORERS[args.scorer])}
+    if args.harness_tasks:
+        from .harness import evaluate as harness_evaluate
+
+        results["lm_eval"] = harness_evaluate(model, tok, args.harness_tasks, include_path=args.harness_include,
+                                              limit=args.limit)
+    text = json.dumps(results, indent=1)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+    return results
+
+
+def diff(args: argparse.Namespace) -> dict:
+    from .diffs import table_html, to_html, token_diffs
+
+    if args.question:
+        if not args.demonstration:
+            raise SystemExit("error: --question needs --demonstration (what the teacher sees).")
+        example = Example(args.question, args.demonstration, id="cli")
+    else:
+        examples = load_dataset(args.data)
+        match = [ex for i, ex in enumerate(examples) if args.example in (ex.id, str(i))]
+        if not match:
+            raise SystemExit(f"error: {args.data} has no example with id or index {args.example!r} "
+                             f"(ids: {[ex.id for ex in examples[:5]]} …).")
+        example = match[0]
+    model, tok = load_model(args.model, args.quantization, args.adapter)
+    cfg = SDFTConfig(max_new_tokens=args.max_new_tokens)
+    d, = token_diffs(model, tok, [example], cfg, seed=args.seed)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(f'<!doctype html><meta charset="utf-8"><title>sdft-lab diff</title>'
+                        f'<body style="margin:16px;max-width:1040px">{to_html(d)}<h3>Where the teacher disagrees '
+                        f'most</h3>{table_html(d)}</body>', encoding="utf-8")
+    summary = d.summary()
+    print(f"{len(d.tokens)} tokens, mean divergence {summary['mean_divergence']:.3f}, teacher agrees with "
+          f"{100 * summary['teacher_top1']:.0f}% of the sampled tokens. Wrote {args.out}")
+    return summary
+
+
+def export_trl(args: argparse.Namespace) -> dict:
+    from transformers import AutoTokenizer
+
+    from .models import BUNDLED, bundled_path
+    from .trl_export import export
+
+    cfg = resolve(args)
+    if cfg["method"] != "sdft":
+        raise SystemExit("error: only SDFT exports to TRL's SDFTTrainer (for SFT, use TRL's SFTTrainer).")
+    tok = AutoTokenizer.from_pretrained(bundled_path() if cfg["model"] == BUNDLED else cfg["model"])
+    try:
+        config = export(load_dataset(cfg["data"]), tok, cfg["out"], cfg["sdft"], cfg["train"], cfg["lora"])
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+    kw = config["sdft_config"]
+    print(f"Wrote {cfg['out']}/train.jsonl and trl_config.json: distillation_mode={kw['distillation_mode']} "
+          f"alpha={kw['distillation_alpha']} teacher={kw['teacher_model_kind']} "
+          f"max_prompt_length={kw['max_prompt_length']} (longest teacher prompt).")
+    return config
+
+
+# ----------------------------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="sdft-lab", description=__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train an SDFT or SFT adapter")
+    add_config_flags(p)
+    p.add_argument("--out", help="output folder: adapter/, metrics.jsonl, config.json [runs/cli]")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in OUT/checkpoints")
+    p.add_argument("--no-preflight", dest="train.preflight", action="store_false", default=argparse.SUPPRESS,
+                   help="skip the check that the teacher gains from the demonstrations")
+    p.set_defaults(run=train)
+
+    p = sub.add_parser("eval", help="retention probes, knowledge QA, a skill task, lm-eval tasks")
+    add_model_flags(p)
+    p.add_argument("--probes", action="store_true", help="the 120 retention probes (the default)")
+    p.add_argument("--knowledge", action="store_true", help="knowledge QA: strict / lenient, direct / indirect / OOD")
+    p.add_argument("--task", help="a bundled set or jsonl, scored on greedy answers to its questions")
+    p.add_argument("--scorer", default="answer", choices=["answer", "toolcall", "science"], help="for --task")
+    p.add_argument("--split", help="for --task: only examples whose metadata split is this (e.g. eval)")
+    p.add_argument("--harness-tasks", nargs="+", metavar="TASK", help="lm-eval tasks, e.g. sdft_lab_probes")
+    p.add_argument("--harness-include", type=Path, help="a folder of your own lm-eval task YAMLs")
+    p.add_argument("--limit", type=int, help="at most N items per evaluation (quick looks)")
+    p.add_argument("--out", type=Path, help="also write the results as JSON here")
+    p.set_defaults(run=evaluate)
+
+    p = sub.add_parser("diff", help="token-level teacher vs student diff of one rollout, as HTML")
+    add_model_flags(p)
+    p.add_argument("--data", default="demo-heldout", help="a bundled set or jsonl [demo-heldout]")
+    p.add_argument("--example", default="0", help="an example id or index in --data [0]")
+    p.add_argument("--question", help="instead of --data: a question …")
+    p.add_argument("--demonstration", help="… and the demonstration the teacher sees")
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("diff.html"))
+    p.set_defaults(run=diff)
+
+    p = sub.add_parser("export-trl", help="a dataset and SDFTConfig for TRL's SDFTTrainer")
+    add_config_flags(p)
+    p.add_argument("--out", help="output folder [runs/cli]")
+    p.set_defaults(run=export_trl)
+
+    for name, module in PASSTHROUGH.items():
+        sub.add_parser(name, add_help=False, help=f"python -m {module} (its own flags; {name} --help)")
+    return top
+
+
+def main(argv: list[str] | None = None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in PASSTHROUGH:
+        import importlib
+
+        return importlib.import_module(PASSTHROUGH[argv[0]]).main(argv[1:])
+    args = parser().parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    main()

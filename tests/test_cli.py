@@ -1,0 +1,112 @@
+"""`sdft-lab`: every command end to end, on a tiny random llama saved to a folder."""
+
+import json
+
+import pytest
+
+from sdft_lab.cli import main, parser
+
+from conftest import tiny_llama
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tokenizer, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny")
+    tiny_llama(tokenizer).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_dir, tmp_path_factory):
+    """One SDFT run from a YAML config plus flags; the flags win."""
+    out = tmp_path_factory.mktemp("run")
+    (out / "run.yaml").write_text("method: sdft\ndata: demo\ntrain:\n  lr: 0.5\n  batch_size: 2\n  preflight: false\n"
+                                  "sdft:\n  max_new_tokens: 4\n  divergence:\n    kind: reverse_kl\n")
+    main(["train", "--config", str(out / "run.yaml"), "--model", tiny_dir, "--steps", "2", "--lr", "0.01",
+          "--out", str(out / "sdft")])
+    return out / "sdft"
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "diff", "export-trl"])
+def test_help_lists_the_flags(command, capsys):
+    with pytest.raises(SystemExit) as exit:
+        main([command, "--help"])
+    assert exit.value.code == 0
+    text = capsys.readouterr().out
+    assert f"usage: sdft-lab {command}" in text and "--model" in text
+
+
+def test_top_level_help_names_every_command():
+    text = parser().format_help()
+    assert all(c in text for c in ("train", "eval", "diff", "export-trl", "demo", "preflight", "experiment"))
+
+
+def test_passthrough_commands_reach_the_module_scripts(capsys):
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    assert "Velmora" in capsys.readouterr().out  # sdft_lab.demo's own description
+
+
+def test_train_writes_adapter_metrics_and_the_merged_config(trained):
+    assert (trained / "adapter" / "adapter_config.json").is_file()
+    history = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in history] == [1, 2] and all(r["loss"] == r["loss"] for r in history)
+    config = json.loads((trained / "config.json").read_text())
+    assert config["train"]["lr"] == 0.01  # the flag beat the file's 0.5
+    assert config["train"]["batch_size"] == 2 and config["sdft"]["divergence"]["kind"] == "reverse_kl"  # the file's
+
+
+def test_train_sft_from_a_json_config(tiny_dir, tmp_path):
+    (tmp_path / "run.json").write_text(json.dumps({"method": "sft", "train": {"steps": 1, "batch_size": 2}}))
+    result = main(["train", "--config", str(tmp_path / "run.json"), "--model", tiny_dir, "--out", str(tmp_path)])
+    assert len(result["history"]) == 1 and "target_len" in result["history"][0]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("trian:\n  steps: 2\n", r"run.yaml: unknown key\(s\) \['trian'\]"),
+    ("train:\n  stepz: 2\n", r"train: unknown key\(s\) \['stepz'\]; TrainConfig has"),
+    ("train:\n  lr: -1\n", r"run.yaml: train: lr must be > 0"),
+    ("sdft:\n  divergence:\n    kind: kl\n", r"sdft.divergence: divergence kind must be one of"),
+    ("- a list\n", "must be a mapping"),
+])
+def test_bad_config_files_say_what_and_where(tmp_path, text, message):
+    (tmp_path / "run.yaml").write_text(text)
+    with pytest.raises(SystemExit, match=message):
+        main(["train", "--config", str(tmp_path / "run.yaml"), "--out", str(tmp_path)])
+
+
+def test_eval_scores_probes_knowledge_and_a_task_with_an_adapter(tiny_dir, trained, tmp_path):
+    out = tmp_path / "eval.json"
+    results = main(["eval", "--model", tiny_dir, "--adapter", str(trained / "adapter"), "--probes", "--knowledge",
+                    "--task", "toolcall", "--scorer", "toolcall", "--split", "eval", "--limit", "3", "--out", str(out)])
+    assert json.loads(out.read_text()) == results
+    assert 0 <= results["retention_probes"]["overall"] <= 1
+    assert set(results["knowledge_qa"]["all"]) == {"strict", "lenient"}
+    assert 0 <= results["task:toolcall"]["toolcall"] <= 1
+
+
+def test_eval_refuses_a_folder_that_is_not_an_adapter(tiny_dir, tmp_path):
+    with pytest.raises(SystemExit, match="not a saved adapter"):
+        main(["eval", "--model", tiny_dir, "--adapter", str(tmp_path)])
+
+
+def test_diff_writes_escaped_html(tiny_dir, tmp_path):
+    out = tmp_path / "diff.html"
+    summary = main(["diff", "--model", tiny_dir, "--question", "Is 1 < 2 & <b>bold</b>?", "--demonstration", "Yes.",
+                    "--max-new-tokens", "5", "--out", str(out)])
+    page = out.read_text()
+    assert page.startswith("<!doctype html>") and 'class="sdft-diff"' in page
+    assert "&lt;b&gt;bold&lt;/b&gt;" in page and "<b>bold</b>" not in page
+    assert summary["mean_divergence"] >= 0
+
+
+def test_export_trl_maps_flags_and_refuses_what_trl_cannot_do(tmp_path):
+    with pytest.warns(UserWarning, match="EMA adapter starts at zero"):
+        config = main(["export-trl", "--data", "demo", "--divergence", "jsd", "--alpha", "0.2", "--top-k", "8",
+                       "--top-k-side", "student", "--teacher", "ema", "--out", str(tmp_path)])
+    kw = config["sdft_config"]
+    assert (kw["distillation_mode"], kw["distillation_alpha"], kw["distillation_topk"]) == ("topk_logits", 0.2, 8)
+    assert kw["teacher_model_kind"] == "ema" and (tmp_path / "train.jsonl").is_file()
+    with pytest.raises(SystemExit, match="top_k_side='student'"):
+        main(["export-trl", "--data", "demo", "--top-k", "8", "--out", str(tmp_path)])
