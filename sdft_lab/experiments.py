@@ -4,10 +4,12 @@
               strict / lenient QA accuracy (direct / indirect / OOD), the teacher ceiling,
               and retention probes every N steps during training;
   sequential  skill A (toolcall) → skill B (science) → knowledge, for SFT and for SDFT,
-              measuring every earlier task and the retention probes after each stage.
+              measuring every earlier task and the retention probes after each stage;
+  pareto      new-task accuracy vs retention for SFT and SDFT over a few learning rates.
 
     python -m sdft_lab.experiments knowledge --steps 16 --out runs/knowledge
     python -m sdft_lab.experiments sequential --steps 8 --out runs/sequential
+    python -m sdft_lab.experiments pareto --task science --lrs 3e-4 1e-3 3e-3
 
 Each run writes results.json and HTML plots to its folder.
 """
@@ -17,7 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .data import Example, load_dataset
@@ -68,8 +70,15 @@ def knowledge(out: Path, cfg: ExperimentConfig) -> dict:
     return results
 
 
+SKILLS = {"toolcall": toolcall_format, "science": science_answer}  # bundled skill set → its scorer
+
+
 def skill_split(name: str, split: str) -> list[Example]:
     return [ex for ex in load_dataset(name) if ex.metadata.get("split") == split]
+
+
+def skill_accuracy(model, tok, name: str, cfg: ExperimentConfig) -> float:
+    return task_accuracy(model, tok, skill_split(name, "eval")[: cfg.eval_limit], SKILLS[name])
 
 
 def sequential(out: Path, cfg: ExperimentConfig) -> dict:
@@ -81,10 +90,9 @@ def sequential(out: Path, cfg: ExperimentConfig) -> dict:
     def measure(model, upto: int) -> dict:
         seen = [name for name, _ in stages[: upto + 1]]
         scores = {"retention": mc_accuracy(model, tok, probes)["overall"]}
-        if "toolcall" in seen:
-            scores["toolcall"] = task_accuracy(model, tok, skill_split("toolcall", "eval")[: cfg.eval_limit], toolcall_format)
-        if "science" in seen:
-            scores["science"] = task_accuracy(model, tok, skill_split("science", "eval")[: cfg.eval_limit], science_answer)
+        for skill in SKILLS:
+            if skill in seen:
+                scores[skill] = skill_accuracy(model, tok, skill, cfg)
         if "knowledge" in seen:
             scores["knowledge"] = qa_accuracy(model, tok, facts.eval[: cfg.eval_limit])["all"]["lenient"]
         return scores
@@ -101,26 +109,55 @@ def sequential(out: Path, cfg: ExperimentConfig) -> dict:
     return results
 
 
+def pareto(out: Path, cfg: ExperimentConfig, lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3),
+           task: str = "science") -> dict:
+    """Train a fresh adapter per method and learning rate on one skill; score the skill and the retention probes."""
+    probes = load_probes()[: cfg.eval_limit]
+    examples = skill_split(task, "train")
+    base, tok = load("bundled")
+    results = {"config": {**vars(cfg), "lrs": list(lrs), "task": task},
+               "base": {"task": skill_accuracy(base, tok, task, cfg), "retention": mc_accuracy(base, tok, probes)["overall"]}}
+    for method in ("sft", "sdft"):
+        results[method] = []
+        for lr in lrs:
+            model = add_student(load("bundled")[0])
+            train(model, tok, method, examples, replace(cfg, lr=lr))
+            results[method].append({"lr": lr, "task": skill_accuracy(model, tok, task, cfg),
+                                    "retention": mc_accuracy(model, tok, probes)["overall"]})
+    save(out, results)
+    return results
+
+
 def save(out: Path, results: dict) -> None:
-    from .plots import knowledge_figures, sequential_figure
+    from .plots import knowledge_figures, pareto_figure, sequential_figure
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1))
-    figures = knowledge_figures(results) if "teacher_ceiling" in results else {"sequential": sequential_figure(results)}
+    if "teacher_ceiling" in results:
+        figures = knowledge_figures(results)
+    elif "lrs" in results["config"]:
+        figures = {"pareto": pareto_figure(results)}
+    else:
+        figures = {"sequential": sequential_figure(results)}
     for name, fig in figures.items():
         fig.write_html(out / f"{name}.html", include_plotlyjs="directory")
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("experiment", choices=["knowledge", "sequential"])
+    parser.add_argument("experiment", choices=["knowledge", "sequential", "pareto"])
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--lrs", type=float, nargs="+", default=[3e-4, 1e-3, 3e-3], help="pareto only")
+    parser.add_argument("--task", choices=sorted(SKILLS), default="science", help="pareto only")
     for name, default in vars(ExperimentConfig()).items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=float if name == "lr" else int, default=default)
     args = parser.parse_args(argv)
     cfg = ExperimentConfig(**{k: getattr(args, k) for k in vars(ExperimentConfig())})
     out = args.out or Path("runs") / args.experiment
-    results = (knowledge if args.experiment == "knowledge" else sequential)(out, cfg)
+    if args.experiment == "pareto":
+        results = pareto(out, cfg, tuple(args.lrs), args.task)
+    else:
+        results = (knowledge if args.experiment == "knowledge" else sequential)(out, cfg)
     print(json.dumps({k: v for k, v in results.items() if k != "config"}, indent=1, default=str)[:4000])
     print(f"results and plots in {out}/")
     return results

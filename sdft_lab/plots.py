@@ -62,6 +62,22 @@ def sequential_figure(results: dict) -> go.Figure:
     return fig
 
 
+def pareto_figure(results: dict) -> go.Figure:
+    """New-task accuracy against retention, one point per learning rate: up and to the right is better."""
+    fig = go.Figure()
+    for m in ("sft", "sdft"):
+        runs = results.get(m, [])
+        fig.add_trace(go.Scatter(x=[r["retention"] for r in runs], y=[r["task"] for r in runs], name=m,
+                                 mode="lines+markers+text", text=[f"lr {r['lr']:g}" for r in runs],
+                                 textposition="top center"))
+    base = results["base"]
+    fig.add_trace(go.Scatter(x=[base["retention"]], y=[base["task"]], name="base", mode="markers",
+                             marker=dict(symbol="star", size=14)))
+    fig.update_layout(title=f"New task ({results['config']['task']}) vs prior skills (retention probes)",
+                      xaxis_title="retention accuracy", yaxis_title="new-task accuracy", height=380)
+    return fig
+
+
 def benchmark_retention(rows: list[dict]) -> go.Figure:
     """Base vs adapter on lm-eval tasks beside the retention-probe categories (rows from harness.compare),
     with ±1 standard error where the harness reports one."""
