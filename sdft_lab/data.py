@@ -15,7 +15,9 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+# An installed wheel carries the bundled data inside the package; a checkout keeps them beside it.
+_PACKAGE = Path(__file__).resolve().parent
+DATA_DIR = _PACKAGE / "data" if (_PACKAGE / "data").is_dir() else _PACKAGE.parent / "data"
 BUNDLED = {
     "demo": DATA_DIR / "demo" / "train.jsonl",
     "demo-heldout": DATA_DIR / "demo" / "heldout.jsonl",

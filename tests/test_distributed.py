@@ -1,5 +1,6 @@
 """Data-parallel training for real: two CPU processes (gloo) under `accelerate launch`, against one process."""
 
+import json
 import os
 import shutil
 import socket
@@ -7,12 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import json
 import pytest
 import torch
 from safetensors.torch import load_file
 
 import dist_worker
+from sdft_lab import distributed
 
 ACCELERATE = Path(sys.executable).parent / "accelerate"
 
@@ -55,3 +56,13 @@ def test_two_processes_train_like_one_process_on_the_combined_batch(tokenizer, t
     for name, value in reference.items():
         assert torch.equal(adapters[0][name], adapters[1][name]), name
         torch.testing.assert_close(adapters[0][name], value, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_one_process_never_needs_accelerate(monkeypatch):
+    monkeypatch.setitem(sys.modules, "accelerate", None)  # as if it were not installed
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    group = distributed.setup(torch.nn.Linear(2, 2))
+    assert (group.rank, group.world, group.is_main) == (0, 1, True)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ImportError, match="needs accelerate"):
+        distributed.setup(torch.nn.Linear(2, 2))

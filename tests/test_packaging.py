@@ -1,0 +1,74 @@
+"""The wheel, installed into a fresh virtual environment, outside the checkout: `sdft-lab --help` runs and the
+bundled data load from inside the installed package (an editable install could hide a wheel without them)."""
+
+import email
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import venv
+import zipfile
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    """Built from a copy of the sources, so that the build leaves nothing in the checkout."""
+    src, dist = tmp_path_factory.mktemp("src"), tmp_path_factory.mktemp("dist")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src)
+    for name in ("sdft_lab", "data"):
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--wheel-dir", str(dist), str(src)], check=True, timeout=120)
+    wheel, = dist.glob("sdft_lab-*.whl")
+    return wheel
+
+
+def test_the_wheel_holds_the_data_the_code_loads(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    expected = {f"sdft_lab/data/{p.relative_to(ROOT / 'data')}" for p in (ROOT / "data").rglob("*.jsonl")}
+    assert expected and expected <= names
+    assert {"sdft_lab/harness_tasks/sdft_lab_probes.yaml", "sdft_lab/cli.py"} <= names
+
+
+def test_the_extras_accept_the_pinned_versions(wheel):
+    archive = zipfile.ZipFile(wheel)
+    meta = email.message_from_bytes(archive.read(next(n for n in archive.namelist() if n.endswith("/METADATA"))))
+    extras = ("dev", "trl", "lmeval", "lab")
+    assert set(extras) <= set(meta.get_all("Provides-Extra"))
+    for req in map(Requirement, meta.get_all("Requires-Dist")):
+        if req.marker and any(req.marker.evaluate({"extra": e}) for e in extras):
+            assert req.specifier.contains(version(req.name)), (str(req), version(req.name))
+
+
+def test_installed_wheel_runs_outside_the_checkout(wheel, tmp_path):
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=False)
+    python = env_dir / "bin" / "python"
+    site = Path(subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               check=True, capture_output=True, text=True).stdout.strip())
+    # torch & co. come from this environment, appended after the new one's own site-packages
+    (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps",
+                    "--no-index", str(wheel)], check=True, timeout=120)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+    help_text = subprocess.run([env_dir / "bin" / "sdft-lab", "--help"], cwd=tmp_path, env=env, check=True,
+                               capture_output=True, text=True, timeout=120).stdout
+    assert "usage: sdft-lab" in help_text and "export-trl" in help_text
+
+    probe = ("import sdft_lab, sdft_lab.data as d, sdft_lab.evals as e; "
+             "print(sdft_lab.__file__); print(d.DATA_DIR); "
+             "print(len(d.load_dataset('demo')), len(e.load_probes()), len(e.load_knowledge().eval))")
+    out = subprocess.run([python, "-c", probe], cwd=tmp_path, env=env, check=True, capture_output=True, text=True,
+                         timeout=120).stdout.split("\n")
+    assert out[0].startswith(str(site)) and out[1] == str(site / "sdft_lab" / "data")
+    assert all(int(n) > 0 for n in out[2].split())
