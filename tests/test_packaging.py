@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tomllib
 import venv
 import zipfile
 from importlib.metadata import version
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -72,3 +74,15 @@ def test_installed_wheel_runs_outside_the_checkout(wheel, tmp_path):
                          timeout=120).stdout.split("\n")
     assert out[0].startswith(str(site)) and out[1] == str(site / "sdft_lab" / "data")
     assert all(int(n) > 0 for n in out[2].split())
+
+
+def test_environment_yml_installs_the_pinned_requirements_with_cpu_torch():
+    yaml = pytest.importorskip("yaml", reason="PyYAML reads environment.yml")
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    python = next(d for d in env["dependencies"] if isinstance(d, str) and d.startswith("python="))
+    requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    assert SpecifierSet(requires).contains(python.removeprefix("python="))
+    pip_lines = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in pip_lines
+    requirement_files = [line.split()[1] for line in pip_lines if line.startswith("-r ")]
+    assert requirement_files == ["requirements.txt"] and (ROOT / "requirements.txt").is_file()
