@@ -7,7 +7,6 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-import tomllib
 import venv
 import zipfile
 from importlib.metadata import version
@@ -78,6 +77,7 @@ def test_installed_wheel_runs_outside_the_checkout(wheel, tmp_path):
 
 def test_environment_yml_installs_the_pinned_requirements_with_cpu_torch():
     yaml = pytest.importorskip("yaml", reason="PyYAML reads environment.yml")
+    tomllib = pytest.importorskip("tomllib", reason="Python ≥ 3.11 reads pyproject.toml")
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     python = next(d for d in env["dependencies"] if isinstance(d, str) and d.startswith("python="))
     requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
