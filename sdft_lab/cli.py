@@ -158,17 +158,16 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
 
 def load_model(name: str, quantization: str = "auto", adapter: Path | None = None):
     """(model, tokenizer): the base, with a saved adapter applied when given."""
+    from .harness import load_adapter
     from .models import load
 
     model, tok = load(name, quantization=quantization)
     if adapter is None:
         return model, tok
-    from peft import PeftModel
-
-    if not (adapter / "adapter_config.json").is_file():
-        raise SystemExit(f"error: {adapter} is not a saved adapter (no adapter_config.json); "
-                         "`sdft-lab train` writes one to OUT/adapter.")
-    return PeftModel.from_pretrained(model, str(adapter)), tok
+    try:
+        return load_adapter(model, adapter), tok
+    except FileNotFoundError as err:
+        raise SystemExit(f"error: {err} `sdft-lab train` writes one to OUT/adapter.") from None
 
 
 def train(args: argparse.Namespace) -> dict:
@@ -203,6 +202,7 @@ def train(args: argparse.Namespace) -> dict:
 
 def evaluate(args: argparse.Namespace) -> dict:
     from .evals import SCORERS, load_knowledge, load_probes, mc_accuracy, qa_accuracy, task_accuracy
+    from .experiments import skill_split
 
     if not (args.probes or args.knowledge or args.task or args.harness_tasks):
         args.probes = True
@@ -214,11 +214,9 @@ def evaluate(args: argparse.Namespace) -> dict:
         qa = qa_accuracy(model, tok, load_knowledge().eval[: args.limit])
         results["knowledge_qa"] = {k: v for k, v in qa.items() if k != "samples"}
     if args.task:
-        examples = load_dataset(args.task)
-        if args.split:
-            examples = [ex for ex in examples if ex.metadata.get("split") == args.split]
-            if not examples:
-                raise SystemExit(f"error: {args.task} has no examples with metadata split {args.split!r}.")
+        examples = skill_split(args.task, args.split) if args.split else load_dataset(args.task)
+        if not examples:
+            raise SystemExit(f"error: {args.task} has no examples whose metadata split is {args.split!r}.")
         results[f"task:{args.task}"] = {args.scorer: task_accuracy(model, tok, examples[: args.limit],
                                                                     SCORERS[args.scorer])}
     if args.harness_tasks:

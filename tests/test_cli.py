@@ -110,3 +110,10 @@ def test_export_trl_maps_flags_and_refuses_what_trl_cannot_do(tmp_path):
     assert kw["teacher_model_kind"] == "ema" and (tmp_path / "train.jsonl").is_file()
     with pytest.raises(SystemExit, match="top_k_side='student'"):
         main(["export-trl", "--data", "demo", "--top-k", "8", "--out", str(tmp_path)])
+
+
+def test_eval_runs_lm_eval_tasks_through_the_harness_bridge(tiny_dir):
+    pytest.importorskip("lm_eval", reason="lm-eval is an optional test dependency: pip install -e .[lmeval]")
+    results = main(["eval", "--model", tiny_dir, "--harness-tasks", "sdft_lab_probes", "--limit", "4"])
+    assert "retention_probes" not in results  # only what was asked for
+    assert 0 <= results["lm_eval"]["sdft_lab_probes"]["acc"] <= 1
