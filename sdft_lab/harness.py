@@ -45,18 +45,19 @@ def _task_manager(tasks: list[str], include_path: str | None):
     from lm_eval.tasks import TaskManager
 
     paths = [str(TASKS_DIR)] + ([str(include_path)] if include_path else [])
-    unknown = tasks
     for defaults in (False, True):
         manager = TaskManager(include_path=paths, include_defaults=defaults)
         unknown = [t for t in tasks if t not in manager.all_tasks and not Path(t).is_file()]
         if not unknown:
             return manager
-    hints = {t: difflib.get_close_matches(t, manager.all_tasks, n=3) for t in unknown}
-    raise ValueError("Unknown lm-eval task(s): " + "; ".join(f"{t!r} (did you mean {h}?)" if h else repr(t)
-                                                              for t, h in hints.items())
-                     + f". Known: lm-eval's built-in tasks, the project's {sorted(p.stem for p in TASKS_DIR.glob('*.yaml'))}"
-                     + (f" and those under {include_path}" if include_path else "; pass include_path= for your own YAML folder")
-                     + ".")
+    hints = []
+    for t in unknown:
+        close = difflib.get_close_matches(t, manager.all_tasks, n=3)
+        hints.append(repr(t) + (f" (did you mean {', '.join(close)}?)" if close else ""))
+    own = ", ".join(sorted(p.stem for p in TASKS_DIR.glob("*.yaml")))
+    more = f"those under {include_path}" if include_path else "your own (pass include_path= with a folder of task YAMLs)"
+    raise ValueError(f"Unknown lm-eval task(s): {'; '.join(hints)}. Known are lm-eval's built-in tasks, the project's ({own}) "
+                     f"and {more}.")
 
 
 def _clean(results: dict, group_subtasks: dict[str, list[str]]) -> dict[str, dict[str, float]]:
@@ -86,13 +87,14 @@ def evaluate(model, tokenizer, tasks: list[str], *, include_path: str | None = N
     lm_eval = _require_lm_eval()
     from lm_eval.models.huggingface import HFLM
 
+    tasks = [tasks] if isinstance(tasks, str) else list(tasks)
     if not tasks:
         raise ValueError("tasks is empty: name at least one lm-eval task, e.g. ['sdft_lab_probes'].")
-    manager = _task_manager(list(tasks), include_path)
+    manager = _task_manager(tasks, include_path)
     was_training = model.training  # HFLM switches the model to eval mode; a training run expects it back
     try:
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-        out = lm_eval.simple_evaluate(lm, tasks=list(tasks), task_manager=manager, limit=limit, log_samples=False)
+        out = lm_eval.simple_evaluate(lm, tasks=tasks, task_manager=manager, limit=limit, log_samples=False)
     finally:
         model.train(was_training)
     return _clean(out["results"], out.get("group_subtasks", {}))
@@ -106,7 +108,7 @@ def load_adapter(model, path: str | Path):
     if not (Path(path) / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{path} is not a saved adapter: it has no adapter_config.json "
                                 "(save one with Trainer.save_adapter or model.save_pretrained).")
-    return PeftModel.from_pretrained(model, str(path), is_trainable=False).eval()
+    return PeftModel.from_pretrained(model, str(path)).eval()
 
 
 def primary_metric(row: dict[str, float]) -> str:
@@ -115,10 +117,10 @@ def primary_metric(row: dict[str, float]) -> str:
         for key in row:
             if key.split(",")[0] == name:
                 return key
-    numeric = [k for k in row if not k.split(",")[0].endswith("_stderr")]
-    if not numeric:
+    metrics = [k for k in row if not k.split(",")[0].endswith("_stderr")]
+    if not metrics:
         raise ValueError(f"no metric in {row}")
-    return numeric[0]
+    return metrics[0]
 
 
 def compare(base: dict, adapter: dict, probes: dict[str, dict[str, float]] | None = None) -> list[dict]:
@@ -132,7 +134,8 @@ def compare(base: dict, adapter: dict, probes: dict[str, dict[str, float]] | Non
         if task not in adapter:
             raise ValueError(f"task {task!r} is in the base results but not in the adapter's")
         metric = primary_metric(base[task])
-        err = metric.replace(metric.split(",")[0], metric.split(",")[0] + "_stderr", 1)
+        name, comma, filt = metric.partition(",")  # "exact_match,strict-match" → "exact_match_stderr,strict-match"
+        err = f"{name}_stderr{comma}{filt}"
         rows.append({"source": "lm-eval", "name": task, "metric": metric, "base": base[task][metric],
                      "adapter": adapter[task][metric], "base_stderr": base[task].get(err),
                      "adapter_stderr": adapter[task].get(err)})
