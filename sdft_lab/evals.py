@@ -185,9 +185,10 @@ def mc_accuracy(model, tokenizer, probes: list[Probe], batch_size: int = 32) -> 
 class RetentionCallback:
     """A Trainer callback: the retention probes every `every` steps, kept in `self.curve`."""
 
-    def __init__(self, model, tokenizer, probes: list[Probe], every: int = 5):
+    def __init__(self, model, tokenizer, probes: list[Probe], every: int = 5, start: dict | None = None):
+        """start: the step-0 scores if already measured (a fresh LoRA student scores as its base)."""
         self.model, self.tokenizer, self.probes, self.every = model, tokenizer, probes, every
-        self.curve: list[dict] = [{"step": 0, **mc_accuracy(model, tokenizer, probes)}]
+        self.curve: list[dict] = [{"step": 0, **(start or mc_accuracy(model, tokenizer, probes))}]
 
     def __call__(self, record: dict) -> None:
         if record["step"] % self.every == 0:
