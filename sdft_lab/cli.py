@@ -330,14 +330,19 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-def main(argv: list[str] | None = None):
-    argv = sys.argv[1:] if argv is None else argv
+def run(argv: list[str]):
+    """Run one command and return its results (what the tests check)."""
     if argv and argv[0] in PASSTHROUGH:
         import importlib
 
         return importlib.import_module(PASSTHROUGH[argv[0]]).main(argv[1:])
     args = parser().parse_args(argv)
     return args.run(args)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The console script; returns None, because a returned value would become the exit status."""
+    run(sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from sdft_lab.cli import main, parser
+from sdft_lab.cli import parser, run
 
 from conftest import tiny_llama
 
@@ -23,7 +23,7 @@ def trained(tiny_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     (out / "run.yaml").write_text("method: sdft\ndata: demo\ntrain:\n  lr: 0.5\n  batch_size: 2\n  preflight: false\n"
                                   "sdft:\n  max_new_tokens: 4\n  divergence:\n    kind: reverse_kl\n")
-    main(["train", "--config", str(out / "run.yaml"), "--model", tiny_dir, "--steps", "2", "--lr", "0.01",
+    run(["train", "--config", str(out / "run.yaml"), "--model", tiny_dir, "--steps", "2", "--lr", "0.01",
           "--out", str(out / "sdft")])
     return out / "sdft"
 
@@ -31,7 +31,7 @@ def trained(tiny_dir, tmp_path_factory):
 @pytest.mark.parametrize("command", ["train", "eval", "diff", "export-trl"])
 def test_help_lists_the_flags(command, capsys):
     with pytest.raises(SystemExit) as exit:
-        main([command, "--help"])
+        run([command, "--help"])
     assert exit.value.code == 0
     text = capsys.readouterr().out
     assert f"usage: sdft-lab {command}" in text and "--model" in text
@@ -44,7 +44,7 @@ def test_top_level_help_names_every_command():
 
 def test_passthrough_commands_reach_the_module_scripts(capsys):
     with pytest.raises(SystemExit):
-        main(["demo", "--help"])
+        run(["demo", "--help"])
     assert "Velmora" in capsys.readouterr().out  # sdft_lab.demo's own description
 
 
@@ -59,7 +59,7 @@ def test_train_writes_adapter_metrics_and_the_merged_config(trained):
 
 def test_train_sft_from_a_json_config(tiny_dir, tmp_path):
     (tmp_path / "run.json").write_text(json.dumps({"method": "sft", "train": {"steps": 1, "batch_size": 2}}))
-    result = main(["train", "--config", str(tmp_path / "run.json"), "--model", tiny_dir, "--out", str(tmp_path)])
+    result = run(["train", "--config", str(tmp_path / "run.json"), "--model", tiny_dir, "--out", str(tmp_path)])
     assert len(result["history"]) == 1 and "target_len" in result["history"][0]
 
 
@@ -73,12 +73,12 @@ def test_train_sft_from_a_json_config(tiny_dir, tmp_path):
 def test_bad_config_files_say_what_and_where(tmp_path, text, message):
     (tmp_path / "run.yaml").write_text(text)
     with pytest.raises(SystemExit, match=message):
-        main(["train", "--config", str(tmp_path / "run.yaml"), "--out", str(tmp_path)])
+        run(["train", "--config", str(tmp_path / "run.yaml"), "--out", str(tmp_path)])
 
 
 def test_eval_scores_probes_knowledge_and_a_task_with_an_adapter(tiny_dir, trained, tmp_path):
     out = tmp_path / "eval.json"
-    results = main(["eval", "--model", tiny_dir, "--adapter", str(trained / "adapter"), "--probes", "--knowledge",
+    results = run(["eval", "--model", tiny_dir, "--adapter", str(trained / "adapter"), "--probes", "--knowledge",
                     "--task", "toolcall", "--scorer", "toolcall", "--split", "eval", "--limit", "3", "--out", str(out)])
     assert json.loads(out.read_text()) == results
     assert 0 <= results["retention_probes"]["overall"] <= 1
@@ -88,12 +88,12 @@ def test_eval_scores_probes_knowledge_and_a_task_with_an_adapter(tiny_dir, train
 
 def test_eval_refuses_a_folder_that_is_not_an_adapter(tiny_dir, tmp_path):
     with pytest.raises(SystemExit, match="not a saved adapter"):
-        main(["eval", "--model", tiny_dir, "--adapter", str(tmp_path)])
+        run(["eval", "--model", tiny_dir, "--adapter", str(tmp_path)])
 
 
 def test_diff_writes_escaped_html(tiny_dir, tmp_path):
     out = tmp_path / "diff.html"
-    summary = main(["diff", "--model", tiny_dir, "--question", "Is 1 < 2 & <b>bold</b>?", "--demonstration", "Yes.",
+    summary = run(["diff", "--model", tiny_dir, "--question", "Is 1 < 2 & <b>bold</b>?", "--demonstration", "Yes.",
                     "--max-new-tokens", "5", "--out", str(out)])
     page = out.read_text()
     assert page.startswith("<!doctype html>") and 'class="sdft-diff"' in page
@@ -103,17 +103,18 @@ def test_diff_writes_escaped_html(tiny_dir, tmp_path):
 
 def test_export_trl_maps_flags_and_refuses_what_trl_cannot_do(tmp_path):
     with pytest.warns(UserWarning, match="EMA adapter starts at zero"):
-        config = main(["export-trl", "--data", "demo", "--divergence", "jsd", "--alpha", "0.2", "--top-k", "8",
+        config = run(["export-trl", "--data", "demo", "--divergence", "jsd", "--alpha", "0.2", "--top-k", "8",
                        "--top-k-side", "student", "--teacher", "ema", "--out", str(tmp_path)])
     kw = config["sdft_config"]
     assert (kw["distillation_mode"], kw["distillation_alpha"], kw["distillation_topk"]) == ("topk_logits", 0.2, 8)
     assert kw["teacher_model_kind"] == "ema" and (tmp_path / "train.jsonl").is_file()
     with pytest.raises(SystemExit, match="top_k_side='student'"):
-        main(["export-trl", "--data", "demo", "--top-k", "8", "--out", str(tmp_path)])
+        run(["export-trl", "--data", "demo", "--top-k", "8", "--out", str(tmp_path)])
 
 
 def test_eval_runs_lm_eval_tasks_through_the_harness_bridge(tiny_dir):
     pytest.importorskip("lm_eval", reason="lm-eval is an optional test dependency: pip install -e .[lmeval]")
-    results = main(["eval", "--model", tiny_dir, "--harness-tasks", "sdft_lab_probes", "--limit", "4"])
+    results = run(["eval", "--model", tiny_dir, "--harness-tasks", "sdft_lab_probes", "--limit", "4"])
     assert "retention_probes" not in results  # only what was asked for
     assert 0 <= results["lm_eval"]["sdft_lab_probes"]["acc"] <= 1
+

@@ -65,6 +65,10 @@ def test_installed_wheel_runs_outside_the_checkout(wheel, tmp_path):
     help_text = subprocess.run([env_dir / "bin" / "sdft-lab", "--help"], cwd=tmp_path, env=env, check=True,
                                capture_output=True, text=True, timeout=120).stdout
     assert "usage: sdft-lab" in help_text and "export-trl" in help_text
+    # a real command through the console script: exit status 0, bundled data and tokenizer found
+    subprocess.run([env_dir / "bin" / "sdft-lab", "export-trl", "--data", "demo", "--out", "trl"], cwd=tmp_path,
+                   env=env, check=True, capture_output=True, timeout=120)
+    assert (tmp_path / "trl" / "train.jsonl").read_text().count("\n") == 16
 
     probe = ("import sdft_lab, sdft_lab.data as d, sdft_lab.evals as e; "
              "print(sdft_lab.__file__); print(d.DATA_DIR); "
