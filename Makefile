@@ -34,8 +34,10 @@ test: setup $(EXTRAS)
 demo: setup
 	$(PY) -m sdft_lab.demo
 
+# Every variant at 4 prompts per step, the main ones at 16 (≈ 30 min on 2 cores); tables in bench/results/.
 bench: setup $(EXTRAS)
-	$(PY) bench/step_time.py
+	$(PY) bench/step_time.py --prompts 4
+	$(PY) bench/step_time.py --prompts 16 --variants sft sdft trl-full generate
 
 # Needs Debian's chromium (apt-get install chromium).
 screenshots: setup
