@@ -118,6 +118,8 @@ def resolve(args: argparse.Namespace) -> dict:
     out = {k: config.get(k, default) for k, default in TOP_LEVEL.items()}
     if out["method"] not in ("sdft", "sft"):
         raise SystemExit(f"error: {where}: method must be 'sdft' or 'sft', got {out['method']!r}.")
+    if isinstance(config.get("train", {}), dict):  # --checkpoint-every and --resume use OUT/checkpoints
+        config.setdefault("train", {}).setdefault("checkpoint_dir", str(Path(out["out"]) / "checkpoints"))
     out.update({name: build(cls, config.get(name, {}), f"{where}: {name}") for name, cls in SECTIONS.items()})
     return out
 
@@ -178,8 +180,6 @@ def train(args: argparse.Namespace) -> dict:
 
     cfg = resolve(args)
     out = Path(cfg["out"])
-    if cfg["train"].checkpoint_dir is None:
-        cfg["train"] = dataclasses.replace(cfg["train"], checkpoint_dir=str(out / "checkpoints"))
     examples = load_dataset(cfg["data"])
     model, tok = load_model(cfg["model"], cfg["quantization"])
     model = add_student(model, cfg["lora"])

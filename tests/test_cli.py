@@ -24,7 +24,7 @@ def trained(tiny_dir, tmp_path_factory):
     (out / "run.yaml").write_text("method: sdft\ndata: demo\ntrain:\n  lr: 0.5\n  batch_size: 2\n  preflight: false\n"
                                   "sdft:\n  max_new_tokens: 4\n  divergence:\n    kind: reverse_kl\n")
     run(["train", "--config", str(out / "run.yaml"), "--model", tiny_dir, "--steps", "2", "--lr", "0.01",
-          "--out", str(out / "sdft")])
+         "--checkpoint-every", "1", "--out", str(out / "sdft")])
     return out / "sdft"
 
 
@@ -55,6 +55,14 @@ def test_train_writes_adapter_metrics_and_the_merged_config(trained):
     config = json.loads((trained / "config.json").read_text())
     assert config["train"]["lr"] == 0.01  # the flag beat the file's 0.5
     assert config["train"]["batch_size"] == 2 and config["sdft"]["divergence"]["kind"] == "reverse_kl"  # the file's
+
+
+def test_train_resumes_from_its_checkpoints(tiny_dir, trained):
+    assert sorted(p.name for p in (trained / "checkpoints").iterdir()) == ["step-000001", "step-000002"]
+    result = run(["train", "--config", str(trained.parent / "run.yaml"), "--model", tiny_dir, "--steps", "2",
+                  "--resume", "--out", str(trained)])
+    assert result["history"] == []  # both steps were done: nothing left to train
+    assert len((trained / "metrics.jsonl").read_text().splitlines()) == 2  # the restored history
 
 
 def test_train_sft_from_a_json_config(tiny_dir, tmp_path):
