@@ -47,6 +47,7 @@ CONFIG_FLAGS = {
         ("--top-k-side", "sdft.divergence.top_k_side", ["teacher", "student"], "whose top-k is the support"),
         ("--teacher", "sdft.teacher", ["base", "ema", "live"], "teacher weights"),
         ("--skip-first", "sdft.skip_first", int, "completion tokens left out of the loss"),
+        ("--engine", "sdft.engine", ["auto", "lean", "hf"], "rollout sampler: decode.py's loop or model.generate"),
     ],
     "LoRA (LoraSettings)": [
         ("--lora-r", "lora.r", int, "rank"),
