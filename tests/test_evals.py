@@ -69,5 +69,5 @@ def test_qa_and_mc_on_the_tiny_model(tiny):
 def test_base_model_is_above_chance_on_the_retention_probes(bundled):
     model, tok = bundled
     acc = mc_accuracy(model, tok, load_probes())
-    # chance is 0.25; measured 2026-11-23: overall 0.41 (format 0.67, knowledge 0.40, logic 0.33, arithmetic 0.23)
-    assert acc["overall"] > 0.35 and acc["format"] > 0.5, acc
+    # chance is 0.25; measured: overall 0.65 (format 0.67, knowledge 0.40, logic 0.80, arithmetic 0.73)
+    assert acc["overall"] > 0.5 and all(acc[c] > 0.3 for c in ("format", "knowledge", "logic", "arithmetic")), acc
