@@ -39,6 +39,7 @@ VARIANTS = {
     "sdft-hf": "SDFT, rollouts from model.generate instead of the lean sampler",
     "trl-full": "TRL SDFTTrainer, full_logits (its defaults otherwise)",
     "trl-topk": "TRL SDFTTrainer, topk_logits k=100 + tail (its defaults otherwise)",
+    "trl-cache": "TRL SDFTTrainer, full_logits, generate with the KV cache on (off by default under checkpointing)",
     "generate": "model.generate of the base = the merged model: the sampling reference",
 }
 PHASES = ("sample_s", "teacher_s", "student_fwd_s", "backward_s", "optim_s")
@@ -105,7 +106,8 @@ def run_trl(variant: str, model, tok, examples, prompts: int, steps: int, new_to
     trl_export.export(examples, tok, folder, SDFTConfig(max_new_tokens=new_tokens, divergence=divergence),
                       TrainConfig(steps=steps + 1, batch_size=prompts))
     args, lora, data = trl_export.load_for_trl(folder, tempfile.mkdtemp(), use_cpu=True, report_to="none",
-                                               save_strategy="no", logging_steps=10**6, disable_tqdm=True)
+                                               save_strategy="no", logging_steps=10**6, disable_tqdm=True,
+                                               generation_kwargs={"use_cache": True} if variant == "trl-cache" else None)
     times: list[float] = []
 
     class Clock(TrainerCallback):
