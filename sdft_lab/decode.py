@@ -63,12 +63,11 @@ class KVCache:
 
 
 def forward(model, x: torch.Tensor, positions: torch.Tensor, start: int, attend: torch.Tensor,
-            cache: KVCache) -> torch.Tensor:
+            cache: KVCache, head_dim: int) -> torch.Tensor:
     """Run new tokens' embeddings x [B, q, H] at cache columns start…start+q; returns final hidden states."""
     body, cfg = decoder(model), model.config
     B, q, _ = x.shape
     heads, kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     cos, sin = (t.unsqueeze(1) for t in body.rotary_emb(x, positions))
     for i, layer in enumerate(body.layers):
         attn, mlp = layer.self_attn, layer.mlp
@@ -122,7 +121,7 @@ def generate(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, 
         rows = cols[start:, None]
         # causal, real keys only; each position may always see itself so that pad rows stay finite
         attend = ((cols <= rows) & valid[:, None, : start + q]) | (cols == rows)
-        h = forward(model, x, positions, start, attend.unsqueeze(1), cache)
+        h = forward(model, x, positions, start, attend.unsqueeze(1), cache, head_dim)
         token = next_tokens(linear(head, h[:, -1:]).squeeze(1).float(), temperature, top_p)
         token = torch.where(done, torch.full_like(token, pad_id), token)
         out.append(token)

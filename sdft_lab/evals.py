@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from .data import DATA_DIR, DataError, Example
 from .models import teacher_view
-from .prompts import PromptConfig, encode, fill, render_chat
+from .prompts import PromptConfig, encode, fill, render_chat, student_ids
 from .rollout import completions_from_ids, mean_logp, sample
 
 _CALL = re.compile(r"<call>\s*[A-Za-z_]\w*\(.*?\)\s*</call>", re.DOTALL)
@@ -57,7 +57,7 @@ def task_accuracy(model, tokenizer, examples: list[Example], scorer, max_new_tok
                   batch_size: int = 16, cfg: PromptConfig | None = None) -> float:
     """Mean score of the student's greedy answers to the bare questions."""
     cfg = cfg or PromptConfig()
-    prompts = [encode(tokenizer, render_chat(tokenizer, ex.question, cfg.system)) for ex in examples]
+    prompts = [student_ids(tokenizer, ex, cfg) for ex in examples]
     texts = greedy(model, tokenizer, prompts, max_new_tokens, batch_size, "task eval")
     return statistics.fmean(scorer(ex, t) for ex, t in zip(examples, texts))
 

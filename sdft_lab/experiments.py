@@ -51,7 +51,18 @@ def train(model, tok, method: str, examples: list[Example], cfg: ExperimentConfi
     return Trainer(model, tok, objective(method, cfg), examples, tc, callbacks=callbacks).train()
 
 
-def knowledge(out: Path, cfg: ExperimentConfig) -> dict:
+def saved(out: Path, config: dict) -> dict | None:
+    """The results of an earlier run in out with exactly this config, else None."""
+    path = out / "results.json"
+    if path.exists() and (results := json.loads(path.read_text())).get("config") == config:
+        return results
+    return None
+
+
+def knowledge(out: Path, cfg: ExperimentConfig, reuse: bool = False) -> dict:
+    """reuse=True returns a finished run with the same config from out instead of training again."""
+    if reuse and (results := saved(out, vars(cfg))):
+        return results
     facts, probes = load_knowledge(), load_probes()
     items = facts.eval[: cfg.eval_limit]
     probes = probes[: cfg.eval_limit]
@@ -85,7 +96,9 @@ def skill_accuracy(model, tok, name: str, cfg: ExperimentConfig) -> float:
     return task_accuracy(model, tok, skill_split(name, "eval")[: cfg.eval_limit], SKILLS[name])
 
 
-def sequential(out: Path, cfg: ExperimentConfig) -> dict:
+def sequential(out: Path, cfg: ExperimentConfig, reuse: bool = False) -> dict:
+    if reuse and (results := saved(out, vars(cfg))):
+        return results
     facts, probes = load_knowledge(), load_probes()[: cfg.eval_limit]
     stages = [("toolcall", skill_split("toolcall", "train")), ("science", skill_split("science", "train")),
               ("knowledge", facts.train)]
@@ -114,12 +127,15 @@ def sequential(out: Path, cfg: ExperimentConfig) -> dict:
 
 
 def pareto(out: Path, cfg: ExperimentConfig, lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3),
-           task: str = "science") -> dict:
+           task: str = "science", reuse: bool = False) -> dict:
     """Train a fresh adapter per method and learning rate on one skill; score the skill and the retention probes."""
+    config = {**vars(cfg), "lrs": list(lrs), "task": task}
+    if reuse and (results := saved(out, config)):
+        return results
     probes = load_probes()[: cfg.eval_limit]
     examples = skill_split(task, "train")
     base, tok = load("bundled")
-    results = {"config": {**vars(cfg), "lrs": list(lrs), "task": task},
+    results = {"config": config,
                "base": {"task": skill_accuracy(base, tok, task, cfg), "retention": mc_accuracy(base, tok, probes)["overall"]}}
     for method in ("sft", "sdft"):
         results[method] = []
