@@ -17,6 +17,7 @@ and writes the same as JSON to bench/results/.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -37,6 +38,7 @@ VARIANTS = {
     "sdft-topk": "SDFT, forward KL on the teacher's top 100 + tail bucket",
     "sdft-sampled": "SDFT, sampled-token estimator",
     "sdft-hf": "SDFT, rollouts from model.generate instead of the lean sampler",
+    "sdft-unfolded": "SDFT, lean sampler with the LoRA path instead of the adapter folded into the weights",
     "trl-full": "TRL SDFTTrainer, full_logits (its defaults otherwise)",
     "trl-topk": "TRL SDFTTrainer, topk_logits k=100 + tail (its defaults otherwise)",
     "trl-cache": "TRL SDFTTrainer, full_logits, generate with the KV cache on (off by default under checkpointing)",
@@ -76,6 +78,10 @@ def run_variant(variant: str, prompts: int, steps: int, new_tokens: int) -> dict
     elif variant.startswith("trl"):
         times = run_trl(variant, model, tok, examples, prompts, steps, new_tokens)
     else:
+        if variant == "sdft-unfolded":
+            from sdft_lab import decode
+
+            decode.folded = lambda model: contextlib.nullcontext(False)
         model = add_student(model)
         objective = SFT() if variant == "sft" else SDFT(sdft_config(variant, new_tokens))
         cfg = TrainConfig(steps=steps + 1, batch_size=prompts, preflight=False)
