@@ -38,6 +38,7 @@ VARIANTS = {
     "sdft-topk": "SDFT, forward KL on the teacher's top 100 + tail bucket",
     "sdft-sampled": "SDFT, sampled-token estimator",
     "sdft-hf": "SDFT, rollouts from model.generate instead of the lean sampler",
+    "sdft-gc": "SDFT with gradient checkpointing, as TRL's defaults have it: less memory, one more forward",
     "sdft-unfolded": "SDFT, lean sampler with the LoRA path instead of the adapter folded into the weights",
     "trl-full": "TRL SDFTTrainer, full_logits (its defaults otherwise)",
     "trl-topk": "TRL SDFTTrainer, topk_logits k=100 + tail (its defaults otherwise)",
@@ -60,7 +61,7 @@ def sdft_config(variant: str, new_tokens: int):
 def run_variant(variant: str, prompts: int, steps: int, new_tokens: int) -> dict:
     import torch
 
-    from sdft_lab import SDFT, SFT, TrainConfig, Trainer, add_student, load, load_dataset
+    from sdft_lab import SDFT, SFT, LoraSettings, TrainConfig, Trainer, add_student, load, load_dataset
     from sdft_lab.prompts import PromptConfig, left_pad, student_ids
 
     torch.manual_seed(0)
@@ -82,7 +83,7 @@ def run_variant(variant: str, prompts: int, steps: int, new_tokens: int) -> dict
             from sdft_lab import decode
 
             decode.folded = lambda model: contextlib.nullcontext(False)
-        model = add_student(model)
+        model = add_student(model, LoraSettings(gradient_checkpointing=variant == "sdft-gc"))
         objective = SFT() if variant == "sft" else SDFT(sdft_config(variant, new_tokens))
         cfg = TrainConfig(steps=steps + 1, batch_size=prompts, preflight=False)
         trainer = Trainer(model, tok, objective, examples, cfg)

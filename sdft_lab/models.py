@@ -175,7 +175,7 @@ class LoraSettings:
     alpha: int = 32
     dropout: float = 0.0
     target_modules: str | list[str] = "all-linear"
-    gradient_checkpointing: bool = False  # only used for 4-bit bases
+    gradient_checkpointing: bool = False  # recompute layer activations in backward: less memory, one more forward
 
 
 def add_student(model, lora: LoraSettings | None = None):
@@ -185,6 +185,8 @@ def add_student(model, lora: LoraSettings | None = None):
     lora = lora or LoraSettings()
     if getattr(model, "is_loaded_in_4bit", False):
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=lora.gradient_checkpointing)
+    elif lora.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     config = LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,

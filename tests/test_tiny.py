@@ -144,3 +144,21 @@ def test_invalid_sdft_configs(bad, message):
 def test_invalid_train_configs(bad, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**bad)
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tokenizer, demo):
+    from conftest import tiny_llama
+    from sdft_lab import LoraSettings, add_student
+
+    grads = {}
+    for gc in (False, True):
+        model = add_student(tiny_llama(tokenizer), LoraSettings(gradient_checkpointing=gc))
+        model.train()
+        loss, _ = SDFT(SDFTConfig(max_new_tokens=8, skip_first=0)).loss(model, tokenizer, demo[:2], seed=3)
+        loss.backward()
+        grads[gc] = (loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert model.get_base_model().model.gradient_checkpointing
+    torch.testing.assert_close(grads[True][0], grads[False][0])
+    assert grads[True][1].keys() == grads[False][1].keys() and grads[True][1]
+    for n, g in grads[False][1].items():
+        torch.testing.assert_close(grads[True][1][n], g)
