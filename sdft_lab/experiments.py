@@ -40,6 +40,7 @@ class ExperimentConfig:
     retention_every: int = 16
     seed: int = 0
     eval_limit: int | None = None  # evaluate on the first N items only (smoke runs)
+    model: str = "bundled"  # or a local folder / hub id: NF4 on a GPU, fp32 on the CPU
 
 
 def objective(method: str, cfg: ExperimentConfig):
@@ -66,12 +67,12 @@ def knowledge(out: Path, cfg: ExperimentConfig, reuse: bool = False) -> dict:
     facts, probes = load_knowledge(), load_probes()
     items = facts.eval[: cfg.eval_limit]
     probes = probes[: cfg.eval_limit]
-    base, tok = load("bundled")
+    base, tok = load(cfg.model)
     start = time.perf_counter()
     results = {"config": vars(cfg), "base": {"qa": qa_accuracy(base, tok, items), "retention": mc_accuracy(base, tok, probes)},
                "teacher_ceiling": {"qa": qa_accuracy(base, tok, items, with_passage=True)}}
     for method in ("sft", "sdft"):
-        model = add_student(load("bundled")[0])
+        model = add_student(load(cfg.model)[0])
         retention = RetentionCallback(model, tok, probes, every=cfg.retention_every, start=results["base"]["retention"])
         t0 = time.perf_counter()
         history = train(model, tok, method, facts.train, cfg, callbacks=(retention,))
@@ -102,7 +103,7 @@ def sequential(out: Path, cfg: ExperimentConfig, reuse: bool = False) -> dict:
     facts, probes = load_knowledge(), load_probes()[: cfg.eval_limit]
     stages = [("toolcall", skill_split("toolcall", "train")), ("science", skill_split("science", "train")),
               ("knowledge", facts.train)]
-    tok = load("bundled")[1]
+    tok = load(cfg.model)[1]
 
     def measure(model, upto: int) -> dict:
         seen = [name for name, _ in stages[: upto + 1]]
@@ -114,10 +115,10 @@ def sequential(out: Path, cfg: ExperimentConfig, reuse: bool = False) -> dict:
             scores["knowledge"] = qa_accuracy(model, tok, facts.eval[: cfg.eval_limit])["all"]["lenient"]
         return scores
 
-    base = load("bundled")[0]
+    base = load(cfg.model)[0]
     results = {"config": vars(cfg), "base": measure(base, len(stages) - 1)}
     for method in ("sft", "sdft"):
-        model = add_student(load("bundled")[0])
+        model = add_student(load(cfg.model)[0])
         results[method] = []
         for i, (name, examples) in enumerate(stages):
             train(model, tok, method, examples, cfg)
@@ -134,13 +135,13 @@ def pareto(out: Path, cfg: ExperimentConfig, lrs: tuple[float, ...] = (3e-4, 1e-
         return results
     probes = load_probes()[: cfg.eval_limit]
     examples = skill_split(task, "train")
-    base, tok = load("bundled")
+    base, tok = load(cfg.model)
     results = {"config": config,
                "base": {"task": skill_accuracy(base, tok, task, cfg), "retention": mc_accuracy(base, tok, probes)["overall"]}}
     for method in ("sft", "sdft"):
         results[method] = []
         for lr in lrs:
-            model = add_student(load("bundled")[0])
+            model = add_student(load(cfg.model)[0])
             train(model, tok, method, examples, replace(cfg, lr=lr))
             results[method].append({"lr": lr, "task": skill_accuracy(model, tok, task, cfg),
                                     "retention": mc_accuracy(model, tok, probes)["overall"]})
@@ -170,7 +171,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--lrs", type=float, nargs="+", default=[3e-4, 1e-3, 3e-3], help="pareto only")
     parser.add_argument("--task", choices=sorted(SKILLS), default="science", help="pareto only")
     for name, default in vars(ExperimentConfig()).items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=float if name == "lr" else int, default=default)
+        kind = {"lr": float, "model": str}.get(name, int)
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default)
     args = parser.parse_args(argv)
     cfg = ExperimentConfig(**{k: getattr(args, k) for k in vars(ExperimentConfig())})
     out = args.out or Path("runs") / args.experiment
