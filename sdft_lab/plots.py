@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import plotly.express as px
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
@@ -55,10 +56,11 @@ def sequential_figure(results: dict) -> go.Figure:
     for col, m in enumerate(methods, 1):
         stages = ["base"] + [s["stage"] for s in results[m]]
         rows = [results["base"]] + results[m]
-        for task in ("toolcall", "science", "knowledge", "retention"):
+        for task, color in zip(("toolcall", "science", "knowledge", "retention"), px.colors.qualitative.Plotly):
             fig.add_trace(go.Scatter(x=stages, y=[r.get(task) for r in rows], mode="lines+markers", name=task,
-                                     legendgroup=task, showlegend=col == 1), row=1, col=col)
-    fig.update_layout(title="Sequential learning: toolcall → science → knowledge", height=350, yaxis_range=[0, 1])
+                                     line_color=color, legendgroup=task, showlegend=col == 1), row=1, col=col)
+    fig.update_layout(title="Sequential learning: toolcall → science → knowledge", height=350,
+                      yaxis_range=[-0.03, 1.05])
     return fig
 
 
