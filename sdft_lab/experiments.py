@@ -60,8 +60,9 @@ def saved(out: Path, config: dict) -> dict | None:
     return None
 
 
-def knowledge(out: Path, cfg: ExperimentConfig, reuse: bool = False) -> dict:
-    """reuse=True returns a finished run with the same config from out instead of training again."""
+def knowledge(out: Path, cfg: ExperimentConfig, reuse: bool = False, live=None) -> dict:
+    """reuse=True returns a finished run with the same config from out instead of training again;
+    live: a plots.LiveCurves with runs "sft" and "sdft", to watch both train in a notebook."""
     if reuse and (results := saved(out, vars(cfg))):
         return results
     facts, probes = load_knowledge(), load_probes()
@@ -75,7 +76,8 @@ def knowledge(out: Path, cfg: ExperimentConfig, reuse: bool = False) -> dict:
         model = add_student(load(cfg.model)[0])
         retention = RetentionCallback(model, tok, probes, every=cfg.retention_every, start=results["base"]["retention"])
         t0 = time.perf_counter()
-        history = train(model, tok, method, facts.train, cfg, callbacks=(retention,))
+        callbacks = (retention, live(method)) if live else (retention,)
+        history = train(model, tok, method, facts.train, cfg, callbacks=callbacks)
         last = retention.curve[-1]
         final = last if last["step"] == cfg.steps else {"step": cfg.steps, **mc_accuracy(model, tok, probes)}
         results[method] = {"qa": qa_accuracy(model, tok, items), "retention": {k: v for k, v in final.items() if k != "step"},

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import plotly.express as px
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
@@ -17,6 +19,38 @@ def training_curves(history: list[dict], keys: tuple[str, ...] = ("loss", "kl", 
         fig.update_xaxes(title_text="step", row=1, col=col)
     fig.update_layout(height=300, showlegend=False, margin=dict(t=40, b=40, l=40, r=20))
     return fig
+
+
+class LiveCurves:
+    """Side-by-side training curves, one panel per run, redrawn in the notebook after every step.
+
+    `live(name)` is the Trainer callback for run `name`: `Trainer(..., callbacks=(live("sft"),))`.
+    """
+
+    def __init__(self, runs: tuple[str, ...], key: str = "loss"):
+        self.runs, self.key, self.handle = list(runs), key, None
+        self.fig = make_subplots(rows=1, cols=len(runs), subplot_titles=runs)
+        for col, _ in enumerate(runs, 1):
+            self.fig.add_trace(go.Scatter(x=[], y=[], mode="lines+markers"), row=1, col=col)
+            self.fig.update_xaxes(title_text="step", row=1, col=col)
+        self.fig.update_layout(title=f"{key} per step", height=300, showlegend=False, margin=dict(t=60, b=40))
+
+    def __call__(self, run: str) -> Callable[[dict], None]:
+        trace = self.fig.data[self.runs.index(run)]
+
+        def callback(record: dict) -> None:
+            trace.x, trace.y = trace.x + (record["step"],), trace.y + (record[self.key],)
+            self.show()
+
+        return callback
+
+    def show(self) -> None:
+        from IPython.display import display
+
+        if self.handle is None:
+            self.handle = display(self.fig, display_id=True)
+        else:
+            self.handle.update(self.fig)
 
 
 def phase_breakdown(history: list[dict]) -> go.Figure:

@@ -26,3 +26,21 @@ def test_reuse_returns_a_saved_run_only_for_the_same_config(tmp_path, monkeypatc
         with pytest.raises(RuntimeError, match="trained"):
             call()
     assert experiments.saved(tmp_path / "missing", vars(cfg)) is None
+
+
+def test_live_curves_add_each_step_to_its_runs_panel(monkeypatch):
+    from IPython import display as ipd
+
+    from sdft_lab.plots import LiveCurves
+
+    shown = []
+    monkeypatch.setattr(ipd, "display", lambda fig, display_id: shown.append(fig) or type("H", (), {
+        "update": lambda self, f: shown.append(f)})())
+    live = LiveCurves(("sft", "sdft"))
+    sft, sdft = live("sft"), live("sdft")
+    sft({"step": 1, "loss": 3.0})
+    sft({"step": 2, "loss": 2.5})
+    sdft({"step": 1, "loss": 0.2})
+    assert live.fig.data[0].x == (1, 2) and live.fig.data[0].y == (3.0, 2.5)
+    assert live.fig.data[1].x == (1,) and live.fig.data[1].y == (0.2,)
+    assert len(shown) == 3 and all(f is live.fig for f in shown)  # displayed once, then updated in place
