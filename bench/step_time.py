@@ -17,7 +17,6 @@ and writes the same as JSON to bench/results/.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -39,7 +38,7 @@ VARIANTS = {
     "sdft-sampled": "SDFT, sampled-token estimator",
     "sdft-hf": "SDFT, rollouts from model.generate instead of the lean sampler",
     "sdft-gc": "SDFT with gradient checkpointing, as TRL's defaults have it: less memory, one more forward",
-    "sdft-unfolded": "SDFT, lean sampler with the LoRA path instead of the adapter folded into the weights",
+    "sdft-unmerged": "SDFT, lean sampler with the LoRA path instead of merged weights",
     "trl-full": "TRL SDFTTrainer, full_logits (its defaults otherwise)",
     "trl-topk": "TRL SDFTTrainer, topk_logits k=100 + tail (its defaults otherwise)",
     "trl-cache": "TRL SDFTTrainer, full_logits, generate with the KV cache on (off by default under checkpointing)",
@@ -79,10 +78,10 @@ def run_variant(variant: str, prompts: int, steps: int, new_tokens: int) -> dict
     elif variant.startswith("trl"):
         times = run_trl(variant, model, tok, examples, prompts, steps, new_tokens)
     else:
-        if variant == "sdft-unfolded":
+        if variant == "sdft-unmerged":
             from sdft_lab import decode
 
-            decode.folded = lambda model: contextlib.nullcontext(False)
+            decode.merged_weights = lambda model: {}
         model = add_student(model, LoraSettings(gradient_checkpointing=variant == "sdft-gc"))
         objective = SFT() if variant == "sft" else SDFT(sdft_config(variant, new_tokens))
         cfg = TrainConfig(steps=steps + 1, batch_size=prompts, preflight=False)

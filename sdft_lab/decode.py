@@ -6,17 +6,14 @@ values in a preallocated cache, and decodes one token per step through the same
 modules the model uses (norms, rotary embedding, projections, the LoRA adapter as
 peft applies it), so it samples the same tokens as `generate` for the same seed.
 
-Two speed-ups, each the same result up to float rounding. For a few rows,
+Two CPU speed-ups, each the same result up to float rounding. For a few rows,
 `W @ x.T` runs ~3x faster than `x @ W.T` (what nn.Linear does) in PyTorch's CPU
-BLAS. And a float32 base gets its LoRA adapter folded in for the rollout
-(W + s·B·A, taken out again after), so each layer is one matmul instead of three.
-bench/step_time.py measures both.
+BLAS. And with a float32 base, each LoRA layer samples with a temporary merged
+weight W + s·B·A: one matmul instead of three, while the model's own weights stay
+untouched (the teacher is the base, bit for bit). bench/step_time.py measures both.
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -39,51 +36,48 @@ def lora_layers(model) -> list[nn.Module]:
     return [m for m in model.modules() if hasattr(m, "base_layer") and hasattr(m, "lora_A")]
 
 
-def lora_delta(layer: nn.Module, adapters: list[str]) -> torch.Tensor:
-    """Σ s·B·A over the named adapters: what they add to the layer's base weight."""
-    delta = torch.zeros_like(layer.base_layer.weight)
-    for name in adapters:
-        delta += (layer.lora_B[name].weight @ layer.lora_A[name].weight) * layer.scaling[name]
-    return delta
+def merged_weights(model) -> dict[nn.Module, torch.Tensor]:
+    """Each active LoRA layer → W + Σ s·B·A, as new tensors: the model itself is not touched.
 
-
-@contextmanager
-def folded(model) -> Iterator[bool]:
-    """Fold the active LoRA adapters into float32 base weights for the duration; yields whether it did.
-
-    Taking them out (W + d − d) restores W up to one float32 rounding step per element, far below what training
-    moves; bf16 / fp16 and quantised bases would lose real precision, so they keep the adapter path. The deltas
-    are recomputed on the way out rather than kept, which would hold a second copy of the weights.
+    Only for float32 bases on the CPU, where one matmul per layer instead of three is what pays and the
+    copies (≈ the base's linear weights) live only while sampling. Elsewhere {}: the adapter path.
     """
-    layers = lora_layers(model)
+    layers = [m for m in lora_layers(model) if not m.disable_adapters]
     if not layers or any(type(m.base_layer) is not nn.Linear or m.base_layer.weight.dtype != torch.float32
+                         or m.base_layer.weight.device.type != "cpu"
                          or any(b.bias is not None for b in m.lora_B.values()) for m in layers):
-        yield False
-        return
-    active = [(m, [n for n in m.active_adapters if n in m.lora_A]) for m in layers if not m.disable_adapters]
-    for m, names in active:
-        m.base_layer.weight.add_(lora_delta(m, names))
-    try:
-        yield True
-    finally:
-        for m, names in active:
-            m.base_layer.weight.sub_(lora_delta(m, names))
+        return {}
+    merged = {}
+    for m in layers:
+        w = m.base_layer.weight.clone()
+        for name in m.active_adapters:
+            if name in m.lora_A:
+                w += (m.lora_B[name].weight @ m.lora_A[name].weight) * m.scaling[name]
+        merged[m] = w
+    return merged
 
 
-def linear(module: nn.Module, x: torch.Tensor, lora: bool = True) -> torch.Tensor:
-    """module(x) for an nn.Linear or a peft LoRA Linear (eval mode: no dropout); lora=False: the base layer only."""
+def linear(module: nn.Module, x: torch.Tensor, merged: dict | None = None) -> torch.Tensor:
+    """module(x) for an nn.Linear or a peft LoRA Linear (eval mode: no dropout), using merged[module] if given."""
+    if merged and module in merged:  # the adapter already in the weight: base bias, one matmul
+        return matmul(merged[module], module.base_layer.bias, x)
     if hasattr(module, "base_layer"):  # peft LoRA layer: base(x) + Σ_active B(A(x))·scaling
         y = linear(module.base_layer, x)
-        if lora and not module.disable_adapters:
+        if not module.disable_adapters:
             for name in module.active_adapters:
                 if name in module.lora_A:
                     y = y + linear(module.lora_B[name], linear(module.lora_A[name], x)) * module.scaling[name]
         return y
     if type(module) is nn.Linear and x.device.type == "cpu":
-        rows = x.reshape(-1, x.shape[-1])
-        y = (module.weight @ rows.T).T.reshape(*x.shape[:-1], -1)
-        return y if module.bias is None else y + module.bias
+        return matmul(module.weight, module.bias, x)
     return module(x)  # quantised (bitsandbytes) layers, GPUs: the module's own kernel
+
+
+def matmul(weight: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    """x @ W.T + b, computed as (W @ x.T).T: ~3× faster for a few rows in PyTorch's CPU BLAS."""
+    rows = x.reshape(-1, x.shape[-1])
+    y = (weight @ rows.T).T.reshape(*x.shape[:-1], -1)
+    return y if bias is None else y + bias
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -103,9 +97,9 @@ class KVCache:
 
 
 def forward(model, x: torch.Tensor, positions: torch.Tensor, start: int, attend: torch.Tensor,
-            cache: KVCache, head_dim: int, lora: bool = True) -> torch.Tensor:
+            cache: KVCache, head_dim: int, merged: dict | None = None) -> torch.Tensor:
     """Run new tokens' embeddings x [B, q, H] at cache columns start…start+q; returns final hidden states.
-    lora=False when the adapters are folded into the base weights."""
+    merged: weights with the adapter folded in (merged_weights)."""
     body, cfg = decoder(model), model.config
     B, q, _ = x.shape
     heads, kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
@@ -113,14 +107,15 @@ def forward(model, x: torch.Tensor, positions: torch.Tensor, start: int, attend:
     for i, layer in enumerate(body.layers):
         attn, mlp = layer.self_attn, layer.mlp
         h = layer.input_layernorm(x)
-        qs = linear(attn.q_proj, h, lora).view(B, q, heads, head_dim).transpose(1, 2)
-        ks = linear(attn.k_proj, h, lora).view(B, q, kv_heads, head_dim).transpose(1, 2)
-        vs = linear(attn.v_proj, h, lora).view(B, q, kv_heads, head_dim).transpose(1, 2)
+        qs = linear(attn.q_proj, h, merged).view(B, q, heads, head_dim).transpose(1, 2)
+        ks = linear(attn.k_proj, h, merged).view(B, q, kv_heads, head_dim).transpose(1, 2)
+        vs = linear(attn.v_proj, h, merged).view(B, q, kv_heads, head_dim).transpose(1, 2)
         ks, vs = cache.update(i, start, rotate(ks, cos, sin), vs)
         out = F.scaled_dot_product_attention(rotate(qs, cos, sin), ks, vs, attn_mask=attend, enable_gqa=True)
-        x = x + linear(attn.o_proj, out.transpose(1, 2).reshape(B, q, heads * head_dim), lora)
+        x = x + linear(attn.o_proj, out.transpose(1, 2).reshape(B, q, heads * head_dim), merged)
         h = layer.post_attention_layernorm(x)
-        x = x + linear(mlp.down_proj, mlp.act_fn(linear(mlp.gate_proj, h, lora)) * linear(mlp.up_proj, h, lora), lora)
+        gated = mlp.act_fn(linear(mlp.gate_proj, h, merged)) * linear(mlp.up_proj, h, merged)
+        x = x + linear(mlp.down_proj, gated, merged)
     return body.norm(x)
 
 
@@ -144,12 +139,12 @@ def generate(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, 
 
     Rows that emitted an EOS continue with pad_id, and decoding stops when every row is done.
     """
-    with folded(model) as is_folded:
-        return sample_loop(model, ids, mask, max_new_tokens, temperature, top_p, eos, pad_id, lora=not is_folded)
+    merged = merged_weights(model)  # freed when sampling ends
+    return sample_loop(model, ids, mask, max_new_tokens, temperature, top_p, eos, pad_id, merged)
 
 
 def sample_loop(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, temperature: float, top_p: float,
-                eos: list[int], pad_id: int, lora: bool) -> torch.Tensor:
+                eos: list[int], pad_id: int, merged: dict) -> torch.Tensor:
     B, P = ids.shape
     body, head = decoder(model), model.get_output_embeddings()
     cfg = model.config
@@ -168,8 +163,8 @@ def sample_loop(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: in
         rows = cols[start:, None]
         # causal, real keys only; each position may always see itself so that pad rows stay finite
         attend = ((cols <= rows) & valid[:, None, : start + q]) | (cols == rows)
-        h = forward(model, x, positions, start, attend.unsqueeze(1), cache, head_dim, lora)
-        token = next_tokens(linear(head, h[:, -1:], lora).squeeze(1).float(), temperature, top_p)
+        h = forward(model, x, positions, start, attend.unsqueeze(1), cache, head_dim, merged)
+        token = next_tokens(linear(head, h[:, -1:], merged).squeeze(1).float(), temperature, top_p)
         token = torch.where(done, torch.full_like(token, pad_id), token)
         out.append(token)
         done |= torch.isin(token, eos_t)

@@ -81,23 +81,17 @@ def test_lean_matches_generate_on_the_bundled_model(bundled, demo):
 
 
 
-def test_folding_the_adapter_for_sampling(tokenizer, demo):
+
+def test_sampling_uses_merged_weights_and_leaves_the_model_untouched(tokenizer, demo):
     model = perturbed_student(tiny_llama(tokenizer))
-    ps = prompts(tokenizer, demo)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    with_adapter = sample(model, tokenizer, ps, 24, seed=0, engine="hf").ids
+    merged = decode.merged_weights(model)
     q = model.get_base_model().model.layers[0].self_attn.q_proj
-    with decode.folded(model) as is_folded:
-        assert is_folded
-        delta = q.lora_B["default"].weight @ q.lora_A["default"].weight * q.scaling["default"]
-        w0 = before[[n for n, p in model.named_parameters() if p is q.base_layer.weight][0]]
-        torch.testing.assert_close(q.base_layer.weight, w0 + delta)
-        with teacher_view(model, "base"):  # the folded base alone samples what base + adapter samples
-            assert torch.equal(sample(model, tokenizer, ps, 24, seed=0, engine="hf").ids, with_adapter)
-    for m in decode.lora_layers(model):  # W + d − d: W again, up to one float32 rounding step of W + d
-        w, d = m.base_layer.weight, decode.lora_delta(m, ["default"])
-        w0 = before[[n for n, p in model.named_parameters() if p is w][0]]
-        assert ((w - w0).abs() <= 2 ** -23 * (w0 + d).abs()).all()
-    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters() if "base_layer" not in n)
-    with decode.folded(model.to(torch.bfloat16)) as is_folded:
-        assert not is_folded  # a rounding step in bf16 is real precision: such bases keep the adapter path
+    assert len(merged) == len(decode.lora_layers(model)) == 14  # 7 projections × 2 layers
+    torch.testing.assert_close(merged[q], q.base_layer.weight + q.lora_B["default"].weight
+                               @ q.lora_A["default"].weight * q.scaling["default"])
+    same_tokens(model, tokenizer, prompts(tokenizer, demo), **SETTINGS[0])  # lean (merged) = generate (adapter)
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # the base, bit for bit
+    with teacher_view(model, "base"):
+        assert decode.merged_weights(model) == {}  # adapter off: nothing to merge
+    assert decode.merged_weights(model.to(torch.bfloat16)) == {}  # half precision keeps the adapter path
