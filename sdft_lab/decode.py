@@ -140,11 +140,6 @@ def generate(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, 
     Rows that emitted an EOS continue with pad_id, and decoding stops when every row is done.
     """
     merged = merged_weights(model)  # freed when sampling ends
-    return sample_loop(model, ids, mask, max_new_tokens, temperature, top_p, eos, pad_id, merged)
-
-
-def sample_loop(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, temperature: float, top_p: float,
-                eos: list[int], pad_id: int, merged: dict) -> torch.Tensor:
     B, P = ids.shape
     body, head = decoder(model), model.get_output_embeddings()
     cfg = model.config

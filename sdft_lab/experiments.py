@@ -105,7 +105,7 @@ def sequential(out: Path, cfg: ExperimentConfig, reuse: bool = False) -> dict:
     facts, probes = load_knowledge(), load_probes()[: cfg.eval_limit]
     stages = [("toolcall", skill_split("toolcall", "train")), ("science", skill_split("science", "train")),
               ("knowledge", facts.train)]
-    tok = load(cfg.model)[1]
+    base, tok = load(cfg.model)
 
     def measure(model, upto: int) -> dict:
         seen = [name for name, _ in stages[: upto + 1]]
@@ -117,7 +117,6 @@ def sequential(out: Path, cfg: ExperimentConfig, reuse: bool = False) -> dict:
             scores["knowledge"] = qa_accuracy(model, tok, facts.eval[: cfg.eval_limit])["all"]["lenient"]
         return scores
 
-    base = load(cfg.model)[0]
     results = {"config": vars(cfg), "base": measure(base, len(stages) - 1)}
     for method in ("sft", "sdft"):
         model = add_student(load(cfg.model)[0])

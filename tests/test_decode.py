@@ -80,8 +80,6 @@ def test_lean_matches_generate_on_the_bundled_model(bundled, demo):
     same_tokens(model, tokenizer, prompts(tokenizer, demo, 4), new_tokens=16, **SETTINGS[0])
 
 
-
-
 def test_sampling_uses_merged_weights_and_leaves_the_model_untouched(tokenizer, demo):
     model = perturbed_student(tiny_llama(tokenizer))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
