@@ -23,8 +23,9 @@ $(EXTRAS): $(STAMP) requirements-extras.txt
 
 setup: $(STAMP)
 
+# Jupyter refuses to run as root (containers often do) unless told to.
 lab: setup
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)
 
 # pytest exits 5 when it collected no tests: that is a broken setup, not a pass.
 test: setup $(EXTRAS)
