@@ -6,6 +6,7 @@
     trainer.step()                              # one on-policy distillation step
 """
 
+from .reproducible import MKL_BRANCH  # first: MKL's branch is fixed before its first call
 from .data import DataError, Example, load_dataset, load_jsonl, save_jsonl
 from .losses import DivergenceConfig, divergence
 from .models import LoraSettings, add_student, load, teacher_view

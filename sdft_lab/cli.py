@@ -183,7 +183,7 @@ def train(args: argparse.Namespace) -> dict:
     out = Path(cfg["out"])
     examples = load_dataset(cfg["data"])
     model, tok = load_model(cfg["model"], cfg["quantization"])
-    model = add_student(model, cfg["lora"])
+    model = add_student(model, cfg["lora"], seed=cfg["train"].seed)
     objective = SDFT(cfg["sdft"]) if cfg["method"] == "sdft" else SFT(cfg["sft"])
     trainer = Trainer(model, tok, objective, examples, cfg["train"])
     if args.resume:

@@ -73,7 +73,7 @@ def knowledge(out: Path, cfg: ExperimentConfig, reuse: bool = False, live=None) 
     results = {"config": vars(cfg), "base": {"qa": qa_accuracy(base, tok, items), "retention": mc_accuracy(base, tok, probes)},
                "teacher_ceiling": {"qa": qa_accuracy(base, tok, items, with_passage=True)}}
     for method in ("sft", "sdft"):
-        model = add_student(load(cfg.model)[0])
+        model = add_student(load(cfg.model)[0], seed=cfg.seed)
         retention = RetentionCallback(model, tok, probes, every=cfg.retention_every, start=results["base"]["retention"])
         t0 = time.perf_counter()
         callbacks = (retention, live(method)) if live else (retention,)
@@ -119,7 +119,7 @@ def sequential(out: Path, cfg: ExperimentConfig, reuse: bool = False) -> dict:
 
     results = {"config": vars(cfg), "base": measure(base, len(stages) - 1)}
     for method in ("sft", "sdft"):
-        model = add_student(load(cfg.model)[0])
+        model = add_student(load(cfg.model)[0], seed=cfg.seed)
         results[method] = []
         for i, (name, examples) in enumerate(stages):
             train(model, tok, method, examples, cfg)
@@ -142,7 +142,7 @@ def pareto(out: Path, cfg: ExperimentConfig, lrs: tuple[float, ...] = (3e-4, 1e-
     for method in ("sft", "sdft"):
         results[method] = []
         for lr in lrs:
-            model = add_student(load(cfg.model)[0])
+            model = add_student(load(cfg.model)[0], seed=cfg.seed)
             train(model, tok, method, examples, replace(cfg, lr=lr))
             results[method].append({"lr": lr, "task": skill_accuracy(model, tok, task, cfg),
                                     "retention": mc_accuracy(model, tok, probes)["overall"]})

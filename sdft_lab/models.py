@@ -125,8 +125,8 @@ def load(
 ):
     """Load (model, tokenizer). `name_or_path` is "bundled", a local folder or a hub id.
 
-    quantization: "auto" = NF4 on CUDA and fp32 on the CPU; "nf4" forces 4-bit
-    (bitsandbytes, double quant, bf16 compute; works on the CPU too); "none" = fp32/bf16.
+    quantization: "auto" = NF4 on CUDA and fp32 on the CPU; "nf4" forces 4-bit (bitsandbytes, double
+    quant; computes in bf16 on CUDA and fp32 on the CPU); "none" = bf16 on CUDA, fp32 on the CPU.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
@@ -135,17 +135,18 @@ def load(
     quant = resolve_quantization(quantization, device)
     path = str(bundled_path()) if name_or_path == BUNDLED else name_or_path
     kwargs: dict = {"trust_remote_code": trust_remote_code}
+    # bf16 on CUDA; fp32 on the CPU, where most CPUs have no native bf16 matmul (it would be emulated, slower
+    # and less exact) and where the 4-bit layers then compute exactly what their dequantized weights give.
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    kwargs["dtype"] = dtype
     if quant == "nf4":
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_compute_dtype=dtype,
         )
         kwargs["device_map"] = {"": device}
-        kwargs["dtype"] = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    else:
-        kwargs["dtype"] = torch.bfloat16 if device.startswith("cuda") else torch.float32
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
@@ -157,12 +158,30 @@ def load(
         ) from err
     if quant != "nf4":
         model.to(device)
+    elif device == "cpu":
+        portable_cpu_4bit(model)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     for p in model.parameters():
         p.requires_grad_(False)
     return model, tokenizer
+
+
+def portable_cpu_4bit(model) -> None:
+    """Keep every 4-bit layer on bitsandbytes' plain CPU path: dequantize, then an fp32 matmul with autograd.
+
+    On CPUs with AVX512-BF16, bitsandbytes (0.50) repacks a Linear4bit's weight *in place* into a CPU
+    inference layout the first time the layer runs in eval mode without grad (our sampler does exactly
+    that). From then on every call, in train mode too, goes through `gemv_4bit`: bf16 compute with the
+    block scales rounded to bf16, and no autograd kernel, so gradients to earlier layers are silently
+    wrong; saving converts back with a re-quantised scale, so the model no longer matches its own
+    checkpoint. On AVX2 CPUs that path never runs. Turning it off gives the same path, and the same
+    numbers, on every CPU; it costs nothing on AVX2 and the fused kernel's inference speed on AVX-512.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 # ----------------------------------------------------------------------------
@@ -178,13 +197,18 @@ class LoraSettings:
     gradient_checkpointing: bool = False  # recompute layer activations in backward: less memory, one more forward
 
 
-def add_student(model, lora: LoraSettings | None = None):
-    """Wrap the frozen base in a PeftModel whose only trainable weights are the student adapter."""
+def add_student(model, lora: LoraSettings | None = None, seed: int | None = 0):
+    """Wrap the frozen base in a PeftModel whose only trainable weights are the student adapter.
+
+    seed: the adapter's random init (LoRA A; B starts at zero), drawn from its own seeded generator so
+    that the same seed gives the same run in any process. None draws from the global RNG instead.
+    """
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     lora = lora or LoraSettings()
     if getattr(model, "is_loaded_in_4bit", False):
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=lora.gradient_checkpointing)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=lora.gradient_checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
     elif lora.gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     config = LoraConfig(
@@ -194,8 +218,12 @@ def add_student(model, lora: LoraSettings | None = None):
         target_modules=lora.target_modules,
         task_type="CAUSAL_LM",
     )
+    cuda = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
     try:
-        return get_peft_model(model, config, adapter_name=STUDENT)
+        with torch.random.fork_rng(devices=cuda):  # seeding here leaves the caller's RNG stream untouched
+            if seed is not None:
+                torch.manual_seed(seed)
+            return get_peft_model(model, config, adapter_name=STUDENT)
     except ValueError as err:
         if "not found" not in str(err) and "Target modules" not in str(err):
             raise
