@@ -66,7 +66,9 @@ def linear(module: nn.Module, x: torch.Tensor, merged: dict | None = None) -> to
         if not module.disable_adapters:
             for name in module.active_adapters:
                 if name in module.lora_A:
-                    y = y + linear(module.lora_B[name], linear(module.lora_A[name], x)) * module.scaling[name]
+                    a = module.lora_A[name]  # fp32 over a bf16/fp16 base, as peft keeps it: compute in its dtype
+                    delta = linear(module.lora_B[name], linear(a, x.to(a.weight.dtype))) * module.scaling[name]
+                    y = y + delta.to(y.dtype)
         return y
     if type(module) is nn.Linear and x.device.type == "cpu":
         return matmul(module.weight, module.bias, x)

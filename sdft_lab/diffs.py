@@ -78,8 +78,8 @@ def token_diffs(
     if completions is None:
         completions = sample(model, tokenizer, s_prompts, cfg.max_new_tokens, cfg.temperature, cfg.top_p, seed, cfg.engine)
     with teacher_view(model, cfg.teacher):
-        t_logits = lm_head(model)(completion_hidden(model, t_prompts, completions)).float()
-    s_logits = lm_head(model)(completion_hidden(model, s_prompts, completions)).float()
+        t_logits = lm_head(model)(completion_hidden(model, t_prompts, completions)).float() / cfg.temperature
+    s_logits = lm_head(model)(completion_hidden(model, s_prompts, completions)).float() / cfg.temperature
     ids = completions.ids.to(device)
     per_token = divergence(t_logits, s_logits, cfg.divergence, ids)
     t_logp, s_logp = F.log_softmax(t_logits, -1), F.log_softmax(s_logits, -1)

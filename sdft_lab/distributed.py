@@ -21,6 +21,7 @@ import torch
 class Group:
     rank: int = 0
     world: int = 1
+    device: torch.device = torch.device("cpu")  # where collectives run: NCCL reduces only CUDA tensors
 
     @property
     def is_main(self) -> bool:
@@ -59,7 +60,7 @@ class Group:
         keys = [k for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
         if self.world == 1 or not keys:
             return record
-        values = torch.tensor([float(record[k]) for k in keys], dtype=torch.float64)
+        values = torch.tensor([float(record[k]) for k in keys], dtype=torch.float64, device=self.device)
         self.average_(values.split(1))
         return {**record, **dict(zip(keys, values.tolist()))}
 
@@ -89,4 +90,4 @@ def setup(model) -> Group:
     if device.type == "cuda" and device.index != local:
         raise ValueError(f"Process {group.rank} (LOCAL_RANK {local}) holds its model on {device}: every process needs "
                          f"its own GPU. Load it with load(..., device='cuda:{local}') (load's default does this).")
-    return group
+    return Group(group.rank, group.world, device)

@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -60,6 +62,17 @@ def saved(out: Path, config: dict) -> dict | None:
     return None
 
 
+@contextmanager
+def student_of(base, seed: int) -> Iterator:
+    """A fresh LoRA student over the one loaded base; afterwards its adapters are taken out again, so every
+    method and learning rate starts from the same base and a large model is in memory once."""
+    model = add_student(base, seed=seed)
+    try:
+        yield model
+    finally:
+        model.unload()
+
+
 def knowledge(out: Path, cfg: ExperimentConfig, reuse: bool = False, live=None) -> dict:
     """reuse=True returns a finished run with the same config from out instead of training again;
     live: a plots.LiveCurves with runs "sft" and "sdft", to watch both train in a notebook."""
@@ -73,16 +86,18 @@ def knowledge(out: Path, cfg: ExperimentConfig, reuse: bool = False, live=None) 
     results = {"config": vars(cfg), "base": {"qa": qa_accuracy(base, tok, items), "retention": mc_accuracy(base, tok, probes)},
                "teacher_ceiling": {"qa": qa_accuracy(base, tok, items, with_passage=True)}}
     for method in ("sft", "sdft"):
-        model = add_student(load(cfg.model)[0], seed=cfg.seed)
-        retention = RetentionCallback(model, tok, probes, every=cfg.retention_every, start=results["base"]["retention"])
-        t0 = time.perf_counter()
-        callbacks = (retention, live(method)) if live else (retention,)
-        history = train(model, tok, method, facts.train, cfg, callbacks=callbacks)
-        last = retention.curve[-1]
-        final = last if last["step"] == cfg.steps else {"step": cfg.steps, **mc_accuracy(model, tok, probes)}
-        results[method] = {"qa": qa_accuracy(model, tok, items), "retention": {k: v for k, v in final.items() if k != "step"},
-                           "retention_curve": retention.curve, "train_s": time.perf_counter() - t0,
-                           "history": [{k: v for k, v in r.items() if k != "sample"} for r in history]}
+        with student_of(base, cfg.seed) as model:
+            retention = RetentionCallback(model, tok, probes, every=cfg.retention_every,
+                                          start=results["base"]["retention"])
+            t0 = time.perf_counter()
+            callbacks = (retention, live(method)) if live else (retention,)
+            history = train(model, tok, method, facts.train, cfg, callbacks=callbacks)
+            last = retention.curve[-1]
+            final = last if last["step"] == cfg.steps else {"step": cfg.steps, **mc_accuracy(model, tok, probes)}
+            results[method] = {"qa": qa_accuracy(model, tok, items),
+                               "retention": {k: v for k, v in final.items() if k != "step"},
+                               "retention_curve": retention.curve, "train_s": time.perf_counter() - t0,
+                               "history": [{k: v for k, v in r.items() if k != "sample"} for r in history]}
     results["total_s"] = time.perf_counter() - start
     save(out, results)
     return results
@@ -119,11 +134,11 @@ def sequential(out: Path, cfg: ExperimentConfig, reuse: bool = False) -> dict:
 
     results = {"config": vars(cfg), "base": measure(base, len(stages) - 1)}
     for method in ("sft", "sdft"):
-        model = add_student(load(cfg.model)[0], seed=cfg.seed)
         results[method] = []
-        for i, (name, examples) in enumerate(stages):
-            train(model, tok, method, examples, cfg)
-            results[method].append({"stage": name, **measure(model, i)})
+        with student_of(base, cfg.seed) as model:
+            for i, (name, examples) in enumerate(stages):
+                train(model, tok, method, examples, cfg)
+                results[method].append({"stage": name, **measure(model, i)})
     save(out, results)
     return results
 
@@ -142,10 +157,10 @@ def pareto(out: Path, cfg: ExperimentConfig, lrs: tuple[float, ...] = (3e-4, 1e-
     for method in ("sft", "sdft"):
         results[method] = []
         for lr in lrs:
-            model = add_student(load(cfg.model)[0], seed=cfg.seed)
-            train(model, tok, method, examples, replace(cfg, lr=lr))
-            results[method].append({"lr": lr, "task": skill_accuracy(model, tok, task, cfg),
-                                    "retention": mc_accuracy(model, tok, probes)["overall"]})
+            with student_of(base, cfg.seed) as model:
+                train(model, tok, method, examples, replace(cfg, lr=lr))
+                results[method].append({"lr": lr, "task": skill_accuracy(model, tok, task, cfg),
+                                        "retention": mc_accuracy(model, tok, probes)["overall"]})
     save(out, results)
     return results
 

@@ -122,9 +122,28 @@ def token_stats(t_logits: torch.Tensor, s_logits: torch.Tensor, tokens: torch.Te
 STAT_NAMES = ("kl", "teacher_logp", "student_logp", "entropy")
 
 
-def _chunk(s_h, t_h, y, head: nn.Module, cfg: DivergenceConfig):
-    s_logits, t_logits = head(s_h), head(t_h)
-    return divergence(t_logits, s_logits, cfg, y), token_stats(t_logits, s_logits, y)
+def over_chunks(fn, mask: torch.Tensor, chunk_tokens: int, *per_token: torch.Tensor) -> list:
+    """fn over the masked-in tokens of each [B, T, …] tensor, `chunk_tokens` tokens at a time.
+
+    When a gradient is wanted, each chunk is checkpointed: its [chunk, V] logits are freed after the
+    forward and remade in backward, so no [B, T, V] float32 tensor is ever kept.
+    """
+    sel = mask.bool()
+    flat = [t[sel] for t in per_token]
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in flat)
+    out = []
+    for i in range(0, flat[0].shape[0], chunk_tokens):
+        args = [t[i : i + chunk_tokens] for t in flat]
+        out.append(checkpoint(fn, *args, use_reentrant=False) if grad else fn(*args))
+    return out
+
+
+def scatter(mask: torch.Tensor, values: torch.Tensor | None, like: torch.Tensor, *trailing: int) -> torch.Tensor:
+    """[B, T, *trailing] float32 zeros with the masked-in positions set to `values` (in mask order)."""
+    full = like.new_zeros((*mask.shape, *trailing), dtype=torch.float32)
+    if values is None:
+        return full
+    return full.masked_scatter(mask.bool().view(*mask.shape, *[1] * len(trailing)).expand_as(full), values)
 
 
 def chunked_token_losses(
@@ -134,30 +153,37 @@ def chunked_token_losses(
     tokens: torch.Tensor,
     mask: torch.Tensor,
     cfg: DivergenceConfig | None = None,
+    temperature: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Per-token losses [B, T] (0 where mask is 0) and per-token stats, from hidden states [B, T, H].
 
-    Only the masked-in tokens are computed, `cfg.chunk_tokens` at a time; each chunk is
-    checkpointed, so its [chunk, V] logits are freed after the forward and remade in backward.
+    Both sides' logits are divided by the sampling temperature first, as in the paper's code and TRL:
+    the divergence compares the distributions the rollout was drawn from (at T = 1 nothing changes).
     """
     cfg = cfg or DivergenceConfig()
-    sel = mask.bool()
-    s_h, t_h, y = s_hidden[sel], t_hidden[sel].detach(), tokens[sel]
-    losses, stats = [], []
-    for i in range(0, y.shape[0], cfg.chunk_tokens):
-        j = i + cfg.chunk_tokens
-        if torch.is_grad_enabled() and s_h.requires_grad:
-            loss, stat = checkpoint(_chunk, s_h[i:j], t_h[i:j], y[i:j], head, cfg, use_reentrant=False)
-        else:
-            loss, stat = _chunk(s_h[i:j], t_h[i:j], y[i:j], head, cfg)
-        losses.append(loss)
-        stats.append(stat)
-    per_token = s_hidden.new_zeros(mask.shape, dtype=torch.float32)
-    stat_full = s_hidden.new_zeros((*mask.shape, len(STAT_NAMES)), dtype=torch.float32)
-    if losses:
-        per_token = per_token.masked_scatter(sel, torch.cat(losses))
-        stat_full[sel] = torch.cat(stats)
+
+    def chunk(s_h, t_h, y):
+        s_logits, t_logits = head(s_h) / temperature, head(t_h) / temperature
+        return divergence(t_logits, s_logits, cfg, y), token_stats(t_logits, s_logits, y)
+
+    parts = over_chunks(chunk, mask, cfg.chunk_tokens, s_hidden, t_hidden.detach(), tokens)
+    losses = torch.cat([p[0] for p in parts]) if parts else None
+    stats = torch.cat([p[1] for p in parts]) if parts else None
+    per_token, stat_full = scatter(mask, losses, s_hidden), scatter(mask, stats, s_hidden, len(STAT_NAMES))
     return per_token, {name: stat_full[..., k] for k, name in enumerate(STAT_NAMES)}
+
+
+def chunked_token_logp(hidden: torch.Tensor, head: nn.Module, tokens: torch.Tensor, mask: torch.Tensor,
+                       chunk_tokens: int = 256) -> torch.Tensor:
+    """log p(y_t) [B, T] of each masked-in token (0 elsewhere) from hidden states [B, T, H], chunked as above.
+
+    SFT's cross-entropy is its negative, so SFT and SDFT cost the same memory for their logits.
+    """
+    def chunk(h, y):
+        return F.log_softmax(head(h).float(), -1).gather(-1, y.unsqueeze(-1)).squeeze(-1)
+
+    parts = over_chunks(chunk, mask, chunk_tokens, hidden, tokens)
+    return scatter(mask, torch.cat(parts) if parts else None, hidden)
 
 
 def loss_mask(completion_mask: torch.Tensor, skip_first: int) -> torch.Tensor:

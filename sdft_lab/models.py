@@ -194,7 +194,9 @@ class LoraSettings:
     alpha: int = 32
     dropout: float = 0.0
     target_modules: str | list[str] = "all-linear"
-    gradient_checkpointing: bool = False  # recompute layer activations in backward: less memory, one more forward
+    # Recompute layer activations in backward: less memory, one more forward. None = on for 4-bit bases
+    # (the QLoRA convention: they are loaded to fit a small GPU), off otherwise.
+    gradient_checkpointing: bool | None = None
 
 
 def add_student(model, lora: LoraSettings | None = None, seed: int | None = 0):
@@ -203,13 +205,17 @@ def add_student(model, lora: LoraSettings | None = None, seed: int | None = 0):
     seed: the adapter's random init (LoRA A; B starts at zero), drawn from its own seeded generator so
     that the same seed gives the same run in any process. None draws from the global RNG instead.
     """
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import LoraConfig, get_peft_model
 
+    check_supported(model)
     lora = lora or LoraSettings()
-    if getattr(model, "is_loaded_in_4bit", False):
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=lora.gradient_checkpointing,
-                                                gradient_checkpointing_kwargs={"use_reentrant": False})
-    elif lora.gradient_checkpointing:
+    # Not peft's prepare_model_for_kbit_training: it upcasts every weight that is not 4-bit (embeddings,
+    # lm_head, norms: +2.2 GB on a 7B) to fp32, and the whole forward then runs in fp32. The base stays in
+    # its dtype; peft keeps the LoRA matrices in fp32 and the losses upcast the logits.
+    checkpointing = lora.gradient_checkpointing
+    if checkpointing is None:
+        checkpointing = bool(getattr(model, "is_loaded_in_4bit", False))
+    if checkpointing:  # non-reentrant: needs no input grads, and works under no_grad teacher passes
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     config = LoraConfig(
         r=lora.r,
@@ -234,8 +240,12 @@ def add_student(model, lora: LoraSettings | None = None, seed: int | None = 0):
 
 
 def add_ema_teacher(model) -> None:
-    """Add a second adapter that starts as a copy of the student and follows it by EMA."""
-    model.add_adapter(EMA, model.peft_config[STUDENT])
+    """Add a second adapter that starts as a copy of the student and follows it by EMA.
+
+    On a model that has one already (a second Trainer on the same model), it is reset to the student.
+    """
+    if EMA not in model.peft_config:
+        model.add_adapter(EMA, model.peft_config[STUDENT])
     with torch.no_grad():
         for ema, student in _adapter_pairs(model):
             ema.copy_(student)
@@ -263,23 +273,29 @@ def ema_update(model, rate: float) -> None:
 @contextmanager
 def teacher_view(model, kind: str = "base"):
     """Run the teacher: "base" = adapter off (default), "ema" = EMA adapter,
-    "live" = the current student itself (known to collapse; for demonstrations only)."""
-    if kind == "base":
-        if not hasattr(model, "disable_adapter"):  # a plain model: it is its own base
-            yield
-            return
-        with model.disable_adapter():
-            yield
-    elif kind == "ema":
-        model.set_adapter(EMA, inference_mode=True)
-        try:
-            yield
-        finally:
-            model.set_adapter(STUDENT)
-    elif kind == "live":
-        yield
-    else:
+    "live" = the current student itself (known to collapse; for demonstrations only).
+
+    Inside, the model is in eval mode: the teacher only scores, and dropout (LoRA's, or the base's own)
+    would make its targets random.
+    """
+    if kind not in TEACHER_KINDS:
         raise ValueError(f"teacher kind must be one of {TEACHER_KINDS}, got {kind!r}")
+    was_training = model.training
+    model.eval()
+    try:
+        if kind == "base" and hasattr(model, "disable_adapter"):  # a plain model is its own base
+            with model.disable_adapter():
+                yield
+        elif kind == "ema":
+            model.set_adapter(EMA, inference_mode=True)
+            try:
+                yield
+            finally:
+                model.set_adapter(STUDENT)
+        else:
+            yield
+    finally:
+        model.train(was_training)
 
 
 def trainable_parameters(model) -> list[nn.Parameter]:
@@ -296,10 +312,18 @@ def decoder(model) -> nn.Module:
     return base.get_decoder()
 
 
+# Config fields with which a model post-processes lm_head's output (Gemma 2/3 soft-capping, Cohere's
+# logit_scale, Granite's logits_scaling, …). sdft_lab makes logits as lm_head(h) chunk by chunk, so such
+# a model would train on the wrong logits.
+LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+
+
 def check_supported(model) -> None:
-    """sdft_lab computes logits as lm_head(hidden) in chunks; models that post-process logits are not supported."""
+    """Refuse models whose logits are not lm_head(hidden), with the field that says so."""
     cfg = model.config
-    for attr in ("final_logit_softcapping", "logit_scale", "output_multiplier_scale"):
+    for attr in LOGIT_POSTPROCESSING:
         if getattr(cfg, attr, None) not in (None, 1.0):
-            raise NotImplementedError(f"{cfg.model_type} sets config.{attr}; sdft_lab assumes logits = lm_head(h).")
+            raise NotImplementedError(f"{cfg.model_type} sets config.{attr}={getattr(cfg, attr)}: its logits are "
+                                      "post-processed, and sdft_lab computes logits as lm_head(hidden states). "
+                                      "Use a model without it (llama, qwen2, mistral, smollm, …).")
 

@@ -29,7 +29,7 @@ from .evals import SCORERS, contains_answer
 from .losses import chunked_token_losses, loss_mask
 from .models import lm_head, teacher_view
 from .prompts import PAPER_TEMPLATE, encode, student_ids, teacher_ids
-from .rollout import completion_hidden, completions_from_ids, eos_ids, mean_logp, sample
+from .rollout import completion_hidden, completions_from_ids, end_of_turn_id, mean_logp, sample
 from .sdft import SDFTConfig
 
 TEMPLATES = {
@@ -129,7 +129,7 @@ def greedy_answers(model, tokenizer, examples: list[Example], cfg: SDFTConfig, m
 @torch.no_grad()
 def reference_logp(model, tokenizer, prompts: list[list[int]], texts: list[str]) -> float:
     """Mean over texts of the mean per-token log-prob of each text (plus EOS) after its prompt."""
-    eos = eos_ids(model, tokenizer)[0]
+    eos = end_of_turn_id(model, tokenizer)
     y = completions_from_ids([encode(tokenizer, t) + [eos] for t in texts], tokenizer, [eos], tokenizer.pad_token_id)
     return mean_logp(model, prompts, y).mean().item()
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from . import decode
+from .losses import chunked_token_logp
 from .models import decoder, lm_head
 from .prompts import left_pad
 
@@ -36,6 +37,28 @@ def eos_ids(model, tokenizer) -> list[int]:
     ids = [ids] if isinstance(ids, int) else list(ids or [])
     ids.append(tokenizer.eos_token_id)
     return sorted({i for i in ids if i is not None})
+
+
+def end_of_turn_id(model, tokenizer) -> int:
+    """The token the chat template closes an assistant turn with: what SFT trains the student to end on.
+
+    Not simply the smallest EOS id: Qwen2.5-Instruct lists [<|im_end|>, <|endoftext|>] and Llama-3.x-Instruct
+    [<|end_of_text|>, …, <|eot_id|>], and in both the turn ends with the other one.
+    """
+    eos = eos_ids(model, tokenizer)
+    if tokenizer.chat_template is not None:
+        mark = "\u2063END\u2063"  # text that no template writes by itself
+        turn = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": mark}]
+        text = tokenizer.apply_chat_template(turn, tokenize=False)
+        after = tokenizer(text[text.rindex(mark) + len(mark):], add_special_tokens=False)["input_ids"]
+        special = set(tokenizer.all_special_ids)
+        for token in after:  # the first EOS after the answer, else its first special token
+            if token in eos:
+                return token
+        for token in after:
+            if token in special:
+                return token
+    return tokenizer.eos_token_id if tokenizer.eos_token_id is not None else eos[0]
 
 
 def completions_from_ids(seqs: list[list[int]], tokenizer, eos: list[int], pad_id: int) -> Completions:
@@ -80,7 +103,6 @@ def sample(
                          f"use engine='hf' for {model.config.model_type}")
     device = next(model.parameters()).device
     ids, mask = left_pad(prompts, tokenizer.pad_token_id)
-    greedy = temperature == 0
     eos = eos_ids(model, tokenizer)
     was_training = model.training
     model.eval()
@@ -92,20 +114,36 @@ def sample(
                 new = decode.generate(model, ids.to(device), mask.to(device), max_new_tokens, temperature, top_p,
                                       eos, tokenizer.pad_token_id)
             else:
-                new = model.generate(
-                    input_ids=ids.to(device),
-                    attention_mask=mask.to(device),
-                    max_new_tokens=max_new_tokens,
-                    do_sample=not greedy,
-                    temperature=None if greedy else temperature,
-                    top_p=None if greedy else top_p,
-                    top_k=None if greedy else 0,  # 0 = no top-k cut: the paper samples the full distribution
-                    eos_token_id=eos,
-                    pad_token_id=tokenizer.pad_token_id,
-                )[:, ids.shape[1]:]
+                new = generate_clean(model, ids.to(device), mask.to(device), max_new_tokens, temperature, top_p,
+                                     eos, tokenizer.pad_token_id)
     finally:
         model.train(was_training)
     return completions_from_ids(new.tolist(), tokenizer, eos, tokenizer.pad_token_id)
+
+
+def generate_clean(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, temperature: float,
+                   top_p: float, eos: list[int], pad_id: int) -> torch.Tensor:
+    """`model.generate` drawing from the model's own distribution: temperature and top-p only.
+
+    generate() fills every setting left unset from `model.generation_config` (Qwen2.5-Instruct sets
+    repetition_penalty 1.05, others top_k or no_repeat_ngram_size), which would make the rollouts samples
+    of another distribution. So it runs with a clean config in its place for the call.
+    """
+    from transformers import GenerationConfig
+
+    hf = model.get_base_model() if hasattr(model, "get_base_model") else model
+    saved = hf.generation_config
+    greedy = temperature == 0
+    hf.generation_config = GenerationConfig(bos_token_id=saved.bos_token_id, eos_token_id=eos, pad_token_id=pad_id)
+    try:
+        return model.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=not greedy,
+            temperature=None if greedy else temperature, top_p=None if greedy else top_p,
+            top_k=None if greedy else 0,  # 0 = no top-k cut: the paper samples the full distribution
+            eos_token_id=eos, pad_token_id=pad_id,
+        )[:, ids.shape[1]:]
+    finally:
+        hf.generation_config = saved
 
 
 def completion_hidden(model, prompts: list[list[int]], completions: Completions) -> torch.Tensor:
@@ -129,7 +167,7 @@ def completion_hidden(model, prompts: list[list[int]], completions: Completions)
 def mean_logp(model, prompts: list[list[int]], completions: Completions) -> torch.Tensor:
     """[B]: each completion's mean per-token log-prob after its prompt."""
     device = next(model.parameters()).device
-    logp = torch.log_softmax(lm_head(model)(completion_hidden(model, prompts, completions)).float(), -1)
-    token_logp = logp.gather(-1, completions.ids.to(device).unsqueeze(-1)).squeeze(-1)
-    mask = completions.mask.to(device).float()
-    return (token_logp * mask).sum(-1) / mask.sum(-1)
+    mask = completions.mask.to(device)
+    logp = chunked_token_logp(completion_hidden(model, prompts, completions), lm_head(model),
+                              completions.ids.to(device), mask)
+    return (logp * mask).sum(-1) / mask.sum(-1)

@@ -6,8 +6,8 @@ Shenfeld, Damani, Hübotter, Agrawal, "Self-Distillation Enables Continual Learn
   1. the student π_θ(·|x) samples a completion y (temperature 1, the full distribution);
   2. the teacher π(·|x, c), the same base with the adapter off, scores y without grad;
   3. the student scores y, with grad;
-  4. per completion token, D(p_teacher ‖ p_student) over the whole vocabulary,
-     skipping the first `skip_first` tokens (they stay in the attention);
+  4. per completion token, D(p_teacher ‖ p_student) over the whole vocabulary, both at the
+     sampling temperature, skipping the first `skip_first` tokens (they stay in the attention);
   5. average over each sequence's tokens, then over sequences; back-propagate.
 
 There is no reward model: the teacher's in-context behaviour is the target.
@@ -106,7 +106,7 @@ class SDFT:
         # 4. per-token divergence over the full vocabulary, first tokens skipped
         mask = loss_mask(y.mask, cfg.skip_first).to(device)
         per_token, stats = chunked_token_losses(
-            s_hidden, t_hidden, lm_head(model), y.ids.to(device), mask, cfg.divergence
+            s_hidden, t_hidden, lm_head(model), y.ids.to(device), mask, cfg.divergence, cfg.temperature
         )
         t3 = time.perf_counter()
         timings = {"sample_s": t1 - t0, "teacher_s": t2 - t1, "student_fwd_s": t3 - t2}

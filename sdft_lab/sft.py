@@ -10,19 +10,23 @@ import time
 import warnings
 from dataclasses import dataclass, field
 
-import torch.nn.functional as F
-
 from .data import Example
-from .losses import masked_mean
+from .losses import chunked_token_logp, masked_mean
 from .models import lm_head
 from .prompts import PromptConfig, encode, student_ids
-from .rollout import completion_hidden, completions_from_ids, eos_ids
+from .rollout import completion_hidden, completions_from_ids, end_of_turn_id
 
 
 @dataclass
 class SFTConfig:
     max_target_tokens: int = 1024  # longer demonstrations are cut, with a warning
+    chunk_tokens: int = 256  # tokens whose logits exist at once, as DivergenceConfig.chunk_tokens for SDFT
     prompts: PromptConfig = field(default_factory=PromptConfig)
+
+    def __post_init__(self) -> None:
+        if self.max_target_tokens < 2 or self.chunk_tokens < 1:
+            raise ValueError(f"max_target_tokens must be ≥ 2 and chunk_tokens ≥ 1, got {self.max_target_tokens} "
+                             f"and {self.chunk_tokens}")
 
 
 class SFT:
@@ -37,7 +41,7 @@ class SFT:
     def loss(self, model, tokenizer, examples: list[Example], seed: int | None = None):
         t0 = time.perf_counter()
         device = next(model.parameters()).device
-        eos = eos_ids(model, tokenizer)[0]
+        eos = end_of_turn_id(model, tokenizer)
         prompts = [student_ids(tokenizer, ex, self.cfg.prompts) for ex in examples]
         targets = []
         for ex in examples:
@@ -47,10 +51,10 @@ class SFT:
                 ids = ids[: self.cfg.max_target_tokens - 1]
             targets.append(ids + [eos])  # the assistant turn ends with EOS: learn to stop
         y = completions_from_ids(targets, tokenizer, [eos], tokenizer.pad_token_id)
-        hidden = completion_hidden(model, prompts, y)
-        logits = lm_head(model)(hidden).float()
-        ce = F.cross_entropy(logits.transpose(1, 2), y.ids.to(device), reduction="none")
-        loss = masked_mean(ce, y.mask.to(device))
+        mask = y.mask.to(device)
+        logp = chunked_token_logp(completion_hidden(model, prompts, y), lm_head(model), y.ids.to(device), mask,
+                                  self.cfg.chunk_tokens)
+        loss = masked_mean(-logp, mask)  # cross-entropy on the demonstration tokens
         return loss, {"target_len": y.lengths.float().mean().item(), "student_fwd_s": time.perf_counter() - t0}
 
     def after_optimizer_step(self, model) -> None:

@@ -144,9 +144,6 @@ def export(examples: list[Example], tokenizer, out: str | Path, sdft: SDFTConfig
         warnings.warn(f"{len(over)} teacher prompt(s) exceed max_teacher_prompt_tokens="
                       f"{sdft.prompts.max_teacher_prompt_tokens} (e.g. {over[:3]}): sdft_lab would trim their "
                       f"demonstrations, TRL gets them whole (max_prompt_length={max(lengths)}).", stacklevel=2)
-    if sdft.temperature != 1.0:
-        warnings.warn(f"temperature={sdft.temperature}: TRL also divides the logits by it in the loss, sdft_lab "
-                      "does not, so the objectives differ.", stacklevel=2)
     if sdft.teacher == "ema":
         warnings.warn("teacher='ema': TRL's EMA adapter starts at zero, sdft_lab's as a copy of the student, so the "
                       "two EMA teachers differ in their first steps.", stacklevel=2)

@@ -2,6 +2,7 @@
 
 import json
 import math
+import warnings
 
 import pytest
 import torch
@@ -67,8 +68,10 @@ def test_export_measures_the_teacher_prompts_and_sets_the_limit(tokenizer, demo,
 
 
 def test_export_warns_where_trl_would_differ(tokenizer, demo, tmp_path):
-    with pytest.warns(UserWarning, match="TRL also divides the logits"):
-        export(demo[:2], tokenizer, tmp_path, SDFTConfig(temperature=0.7))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # both divide the loss logits by the temperature now: nothing to warn about
+        config = export(demo[:2], tokenizer, tmp_path, SDFTConfig(temperature=0.7))
+    assert config["sdft_config"]["temperature"] == 0.7
     with pytest.warns(UserWarning, match="would trim their demonstrations"):
         export(demo[:2], tokenizer, tmp_path, SDFTConfig(prompts=PromptConfig(max_teacher_prompt_tokens=40)))
 
