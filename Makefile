@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 EXTRAS := $(VENV)/.extras
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: setup lab test demo bench screenshots clean
+.PHONY: setup lab test demo bench gpu-check screenshots clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
@@ -39,6 +39,12 @@ demo: setup
 bench: setup $(EXTRAS)
 	$(PY) bench/step_time.py --prompts 4
 	$(PY) bench/step_time.py --prompts 16 --variants sft sdft trl-full generate
+
+# The QLoRA path on a CUDA GPU in ≤ 5 minutes (random 1.5B- and 7B-shaped NF4 models, nothing downloaded), then
+# the GPU-marked tests. Without a GPU it says so and fails.
+gpu-check: setup
+	$(PY) bench/gpu_check.py
+	$(PY) -m pytest -m gpu tests
 
 # Needs Debian's chromium (apt-get install chromium).
 screenshots: setup

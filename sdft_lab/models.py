@@ -22,6 +22,8 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from .presets import PRESETS
+
 STUDENT = "default"  # peft's default name, so PeftModel.from_pretrained(base, path) just works
 EMA = "ema_teacher"
 BUNDLED = "bundled"
@@ -123,7 +125,8 @@ def load(
     device: str | None = None,
     trust_remote_code: bool = False,
 ):
-    """Load (model, tokenizer). `name_or_path` is "bundled", a local folder or a hub id.
+    """Load (model, tokenizer). `name_or_path` is "bundled", a preset name (presets.PRESETS), a local folder or
+    a hub id.
 
     quantization: "auto" = NF4 on CUDA and fp32 on the CPU; "nf4" forces 4-bit (bitsandbytes, double
     quant; computes in bf16 on CUDA and fp32 on the CPU); "none" = bf16 on CUDA, fp32 on the CPU.
@@ -133,7 +136,8 @@ def load(
     # One GPU per process under `accelerate launch` / torchrun (LOCAL_RANK); plain "cuda:0" otherwise.
     device = device or (f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu")
     quant = resolve_quantization(quantization, device)
-    path = str(bundled_path()) if name_or_path == BUNDLED else name_or_path
+    preset = PRESETS.get(name_or_path)
+    path = str(bundled_path()) if name_or_path == BUNDLED else preset.hub_id if preset else name_or_path
     kwargs: dict = {"trust_remote_code": trust_remote_code}
     # bf16 on CUDA; fp32 on the CPU, where most CPUs have no native bf16 matmul (it would be emulated, slower
     # and less exact) and where the 4-bit layers then compute exactly what their dequantized weights give.
@@ -151,9 +155,11 @@ def load(
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as err:
+        fetch = (f"The preset {name_or_path!r} is {path}: fetch it once where there is a network "
+                 f"(`hf download {path}`), then it loads from the local hub cache offline. ") if preset else ""
         raise OSError(
             f"Could not load {name_or_path!r}: it is neither a local folder nor a model in the local "
-            f"hub cache, and this machine may be offline. Use load('bundled') for the bundled "
+            f"hub cache, and this machine may be offline. {fetch}Use load('bundled') for the bundled "
             f"SmolLM2-135M-Instruct, or pass a local path. ({err})"
         ) from err
     if quant != "nf4":
@@ -226,7 +232,9 @@ def add_student(model, lora: LoraSettings | None = None, seed: int | None = 0):
     )
     cuda = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
     try:
-        with torch.random.fork_rng(devices=cuda):  # seeding here leaves the caller's RNG stream untouched
+        with torch.random.fork_rng(devices=cuda), warnings.catch_warnings():  # the caller's RNG stream is kept
+            # peft (0.21) reads transformers' deprecated `is_gradient_checkpointing`: its warning, not the user's
+            warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
             if seed is not None:
                 torch.manual_seed(seed)
             return get_peft_model(model, config, adapter_name=STUDENT)

@@ -11,7 +11,7 @@ import torch
 from bitsandbytes.nn import Linear4bit
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from sdft_lab import SFT, add_student, load, load_dataset, sample
+from sdft_lab import SFT, LoraSettings, add_student, load, load_dataset, sample
 from sdft_lab.prompts import PromptConfig, student_ids
 
 
@@ -93,3 +93,24 @@ def test_lora_gradients_through_nf4_match_a_float_copy_of_the_dequantized_base(t
         ref = grads[1][name]
         assert ref.abs().max() > 0, name
         torch.testing.assert_close(g, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item(), msg=name)
+
+
+def test_gradient_checkpointing_is_on_for_4bit_bases_and_changes_no_gradient(tiny_dir):
+    """Checkpointing is the QLoRA default for 4-bit bases (non-reentrant); it must recompute, not change, the step."""
+    examples = load_dataset("demo")[:2]
+    grads = {}
+    for checkpointing in (None, False):
+        base, tok = load(tiny_dir, quantization="nf4", device="cpu")
+        model = add_student(base,
+                            LoraSettings(gradient_checkpointing=checkpointing), seed=0)
+        assert model.get_base_model().model.gradient_checkpointing == (checkpointing is None)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.fill_(0.01)
+        model.train()
+        loss, _ = SFT().loss(model, tok, examples)
+        loss.backward()
+        grads[checkpointing] = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    for name, g in grads[None].items():
+        torch.testing.assert_close(g, grads[False][name], rtol=1e-5, atol=1e-7, msg=name)

@@ -1,0 +1,45 @@
+"""The QLoRA path on a CUDA GPU: NF4 load, a training step, save, reload, teacher = base. Run by `make gpu-check`.
+
+Marked `gpu` and deselected by default (pyproject addopts), so a machine without a GPU does not report skips.
+"""
+
+import pytest
+import torch
+from peft import PeftModel
+
+from sdft_lab import SDFT, SFT, SDFTConfig, TrainConfig, Trainer, add_student, load, teacher_view
+
+pytestmark = pytest.mark.gpu
+
+PROBE = "Which city is the capital of Velmora?"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def needs_cuda():
+    if not torch.cuda.is_available():
+        pytest.fail("pytest -m gpu needs a CUDA GPU: torch.cuda.is_available() is False")
+
+
+def logits_of(model, tok):
+    ids = torch.tensor([tok(PROBE)["input_ids"]], device="cuda")
+    with torch.no_grad():
+        return model(input_ids=ids).logits.float()
+
+
+@pytest.mark.parametrize("objective", [SDFT(SDFTConfig(max_new_tokens=16, skip_first=0)), SFT()], ids=["sdft", "sft"])
+def test_nf4_on_cuda_step_save_reload_and_teacher_is_base(demo, tmp_path, objective):
+    model, tok = load("bundled")  # auto: NF4 on CUDA
+    assert model.is_loaded_in_4bit and next(model.parameters()).is_cuda
+    base_logits = logits_of(model, tok)
+    model = add_student(model)
+    assert model.get_base_model().model.gradient_checkpointing  # the 4-bit default
+    trainer = Trainer(model, tok, objective, demo[:4], TrainConfig(steps=2, batch_size=4, lr=1e-3, preflight=False))
+    first, second = trainer.step(), trainer.step()
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in (first, second)) and second["grad_norm"] > 0
+    with teacher_view(model):
+        torch.testing.assert_close(logits_of(model, tok), base_logits, rtol=0, atol=1e-3)
+    assert not torch.allclose(logits_of(model, tok), base_logits, atol=1e-3)  # the student moved
+    path = trainer.save_adapter(tmp_path / "adapter")
+    fresh, _ = load("bundled")
+    reloaded = PeftModel.from_pretrained(fresh, path)
+    torch.testing.assert_close(logits_of(reloaded, tok), logits_of(model, tok), rtol=0, atol=1e-2)
