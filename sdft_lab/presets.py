@@ -59,6 +59,15 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+def parameter_count(p: Preset) -> tuple[int, int]:
+    """(weights in the decoder's linear layers, embedding + lm_head weights); norms and biases are left out."""
+    s = p.shape
+    H, I, L, V = s["hidden_size"], s["intermediate_size"], s["num_hidden_layers"], s["vocab_size"]
+    kv = s["num_key_value_heads"] * (H // s["num_attention_heads"])
+    linear = L * (2 * H * H + 2 * H * kv + 3 * H * I)  # q, o; k, v; gate, up, down
+    return linear, V * H * (1 if s["tie_word_embeddings"] else 2)
+
+
 def estimate_vram_gb(p: Preset, batch_size: int | None = None, max_new_tokens: int | None = None,
                      prompt_tokens: int = 512, chunk_tokens: int = 256) -> float:
     """Peak GPU memory of one SDFT step over an NF4 base with gradient checkpointing, in GB (1e9 bytes).
@@ -77,8 +86,8 @@ def estimate_vram_gb(p: Preset, batch_size: int | None = None, max_new_tokens: i
     H, I, L, V = s["hidden_size"], s["intermediate_size"], s["num_hidden_layers"], s["vocab_size"]
     kv = s["num_key_value_heads"] * (H // s["num_attention_heads"])
     T = prompt_tokens + N
-    linear = L * (2 * H * H + 2 * H * kv + 3 * H * I)  # q, o; k, v; gate, up, down
-    weights = linear * 0.5 * 1.03 + V * H * 2 * (1 if s["tie_word_embeddings"] else 2)
+    linear, embeddings = parameter_count(p)
+    weights = linear * 0.5 * 1.03 + embeddings * 2
     adapter = L * p.lora_r * (4 * H + 2 * (H + kv) + 3 * (H + I)) * 16
     kv_cache = 2 * L * B * T * kv * 2
     activations = L * B * T * H * 2 + B * T * (6 * H + 2 * kv + 3 * I) * 2 * 2

@@ -1,0 +1,42 @@
+"""Presets: their shapes match the published model sizes, the memory estimate adds up, and offline loading says how."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from sdft_lab.presets import PRESETS, estimate_vram_gb, parameter_count, table
+
+# Parameter counts the model cards publish, in billions (embeddings included, counted once when tied).
+PUBLISHED_B = {"qwen2.5-0.5b": 0.49, "qwen2.5-1.5b": 1.54, "qwen2.5-3b": 3.09, "qwen2.5-7b": 7.62,
+               "smollm2-1.7b": 1.71, "llama-3.2-1b": 1.24, "llama-3.2-3b": 3.21}
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_each_preset_shape_gives_the_published_parameter_count(name):
+    linear, embeddings = parameter_count(PRESETS[name])
+    assert (linear + embeddings) / 1e9 == pytest.approx(PUBLISHED_B[name], rel=0.02)
+
+
+def test_the_vram_estimate_by_hand_for_the_7b_shape():
+    p = PRESETS["qwen2.5-7b"]
+    linear, embeddings = parameter_count(p)
+    assert linear == 28 * (2 * 3584**2 + 2 * 3584 * 512 + 3 * 3584 * 18944)
+    weights = linear * 0.5 * 1.03 + embeddings * 2  # NF4 + scales, bf16 embeddings and untied lm_head
+    assert weights / 1e9 == pytest.approx(5.54, abs=0.01)
+    small, large = estimate_vram_gb(p, batch_size=1, max_new_tokens=1, prompt_tokens=1), estimate_vram_gb(p)
+    adapter = 28 * 64 * (4 * 3584 + 2 * (3584 + 512) + 3 * (3584 + 18944)) * 16  # r 64, fp32 + grad + 2 Adam moments
+    logits = 256 * 152064 * 4 * 6  # one fp32 chunk, ~6 copies
+    # one token of prompt and rollout: the KV cache and activations are negligible, the rest is by hand
+    assert small == pytest.approx(1.2 * (weights + adapter + logits) / 1e9, abs=0.06)
+    assert estimate_vram_gb(p, batch_size=8) > large  # grows with the batch
+    assert p.vram_source == "estimated" and f"{large} GB (estimated)" in table()
+
+
+def test_loading_a_preset_offline_says_how_to_fetch_it(tmp_path):
+    code = "from sdft_lab import load; load('qwen2.5-1.5b')"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode != 0
+    assert "hf download Qwen/Qwen2.5-1.5B-Instruct" in out.stderr and "load('bundled')" in out.stderr
