@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 EXTRAS := $(VENV)/.extras
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: setup lab test demo bench gpu-check screenshots clean
+.PHONY: setup lab test test-fast demo bench gpu-check screenshots clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
@@ -31,6 +31,10 @@ lab: setup
 test: setup $(EXTRAS)
 	$(PY) -m pytest tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "ERROR: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+# The unit tests on the tiny random model only (< 2 min on 2 cores): the loop while changing code.
+test-fast: setup
+	$(PY) -m pytest -m "not slow and not gpu" tests
 
 demo: setup
 	$(PY) -m sdft_lab.demo

@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
               "nothing to check. Run it on a machine with an NVIDIA GPU and a CUDA build of torch.", file=sys.stderr)
         return 2
     from sdft_lab import add_student
-    from sdft_lab.models import bundled_path
+    from sdft_lab.bundled import bundled_path
     from transformers import AutoTokenizer
 
     device = "cuda:0" if torch.cuda.is_available() else "cpu"

@@ -1,6 +1,6 @@
 """Seconds per optimizer step: SFT, sdft_lab's SDFT (each divergence) and TRL's SDFTTrainer, side by side.
 
-The "cpu-bench" config (DESIGN.md §5): bundled SmolLM2-135M-Instruct, fp32 on the
+The "cpu-bench" config (docs/performance.md): bundled SmolLM2-135M-Instruct, fp32 on the
 CPU, LoRA r16 / α32 on all linear layers, N prompts per step, one rollout each,
 64 new tokens, temperature 1.0, the first 3 completion tokens out of the loss.
 Each variant runs in its own process (so peak RSS is its own), on the same
@@ -60,7 +60,7 @@ def sdft_config(variant: str, new_tokens: int):
 def run_variant(variant: str, prompts: int, steps: int, new_tokens: int) -> dict:
     import torch
 
-    from sdft_lab import SDFT, SFT, LoraSettings, TrainConfig, Trainer, add_student, load, load_dataset
+    from sdft_lab import SDFT, SFT, StudentConfig, TrainConfig, Trainer, add_student, load, load_dataset
     from sdft_lab.prompts import PromptConfig, left_pad, student_ids
 
     torch.manual_seed(0)
@@ -79,10 +79,10 @@ def run_variant(variant: str, prompts: int, steps: int, new_tokens: int) -> dict
         times = run_trl(variant, model, tok, examples, prompts, steps, new_tokens)
     else:
         if variant == "sdft-unmerged":
-            from sdft_lab import decode
+            from sdft_lab import sampler
 
-            decode.merged_weights = lambda model: {}
-        model = add_student(model, LoraSettings(gradient_checkpointing=variant == "sdft-gc"))
+            sampler.merged_weights = lambda model: {}
+        model = add_student(model, StudentConfig(gradient_checkpointing=variant == "sdft-gc"))
         objective = SFT() if variant == "sft" else SDFT(sdft_config(variant, new_tokens))
         cfg = TrainConfig(steps=steps + 1, batch_size=prompts, preflight=False)
         trainer = Trainer(model, tok, objective, examples, cfg)
@@ -99,23 +99,24 @@ def run_variant(variant: str, prompts: int, steps: int, new_tokens: int) -> dict
 
 
 def run_trl(variant: str, model, tok, examples, prompts: int, steps: int, new_tokens: int) -> list[float]:
-    """TRL's SDFTTrainer on the same model, data and LoRA (through sdft_lab.trl_export), timed per step."""
+    """TRL's SDFTTrainer on the same model, data and LoRA (through sdft_lab.interop.trl), timed per step."""
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     from transformers import TrainerCallback
     from trl.experimental.sdft import SDFTTrainer
 
-    from sdft_lab import DivergenceConfig, SDFTConfig, TrainConfig, trl_export
+    from sdft_lab import DivergenceConfig, SDFTConfig, TrainConfig
+    from sdft_lab.interop.trl import export, load_for_trl
 
     # TRL's top-k support is the student's; sdft_lab's default is the teacher's (same cost).
     divergence = DivergenceConfig(top_k=TOP_K, top_k_side="student") if variant == "trl-topk" else DivergenceConfig()
     folder = tempfile.mkdtemp()
-    trl_export.export(examples, tok, folder, SDFTConfig(max_new_tokens=new_tokens, divergence=divergence),
-                      TrainConfig(steps=steps + 1, batch_size=prompts))
+    export(examples, tok, folder, SDFTConfig(max_new_tokens=new_tokens, divergence=divergence),
+           TrainConfig(steps=steps + 1, batch_size=prompts))
     # fp32 like every other variant: TRL's default bf16=True autocasts on the CPU, which is many times slower
     # without native bf16 matmuls (AVX2 only: 104 s/step vs 16 s here).
-    args, lora, data = trl_export.load_for_trl(folder, tempfile.mkdtemp(), use_cpu=True, bf16=False, report_to="none",
-                                               save_strategy="no", logging_steps=10**6, disable_tqdm=True,
-                                               generation_kwargs={"use_cache": True} if variant == "trl-cache" else None)
+    args, lora, data = load_for_trl(folder, tempfile.mkdtemp(), use_cpu=True, bf16=False, report_to="none",
+                                    save_strategy="no", logging_steps=10**6, disable_tqdm=True,
+                                    generation_kwargs={"use_cache": True} if variant == "trl-cache" else None)
     times: list[float] = []
 
     class Clock(TrainerCallback):

@@ -7,28 +7,24 @@
     sdft-lab export-trl --data demo --out runs/trl-export        a dataset and config for TRL's SDFTTrainer
     sdft-lab demo | preflight | experiment ...                   the module scripts, same flags
 
-A config file holds any of: method, model, quantization, data, out, and the sections train (TrainConfig),
-sdft (SDFTConfig, with divergence and prompts inside), sft (SFTConfig), lora (LoraSettings).
+A config file is a RunConfig (config.py): method, model, quantization, data, out, and the sections train
+(TrainConfig), sdft (SDFTConfig, with divergence and prompts inside), sft (SFTConfig), student (StudentConfig).
+`RunConfig.from_file("run.yaml")` loads the same file in a notebook.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
-import typing
 from pathlib import Path
 
+from .config import SECTIONS, ConfigError, RunConfig, read_file
 from .data import Example, load_dataset
-from .models import LoraSettings
 from .sdft import SDFTConfig
-from .sft import SFTConfig
-from .trainer import TrainConfig
 
-SECTIONS = {"train": TrainConfig, "sdft": SDFTConfig, "sft": SFTConfig, "lora": LoraSettings}
-TOP_LEVEL = {"method": "sdft", "model": "bundled", "quantization": "auto", "data": "demo", "out": "runs/cli"}
+TOP_LEVEL = ("method", "model", "quantization", "data", "out")
 # (flag, dotted config key, type or choices, help); a flag that is not given leaves the config file's value
 CONFIG_FLAGS = {
     "training (TrainConfig)": [
@@ -47,82 +43,36 @@ CONFIG_FLAGS = {
         ("--top-k-side", "sdft.divergence.top_k_side", ["teacher", "student"], "whose top-k is the support"),
         ("--teacher", "sdft.teacher", ["base", "ema", "live"], "teacher weights"),
         ("--skip-first", "sdft.skip_first", int, "completion tokens left out of the loss"),
-        ("--engine", "sdft.engine", ["auto", "lean", "hf"], "rollout sampler: decode.py's loop or model.generate"),
+        ("--engine", "sdft.engine", ["auto", "lean", "hf"], "rollout sampler: sampler.py's loop or model.generate"),
     ],
-    "LoRA (LoraSettings)": [
-        ("--lora-r", "lora.r", int, "rank"),
-        ("--lora-alpha", "lora.alpha", int, "scale"),
+    "LoRA student (StudentConfig)": [
+        ("--lora-r", "student.r", int, "rank"),
+        ("--lora-alpha", "student.alpha", int, "scale"),
     ],
 }
-PASSTHROUGH = {"demo": "sdft_lab.demo", "preflight": "sdft_lab.preflight", "experiment": "sdft_lab.experiments"}
+PASSTHROUGH = {"demo": "sdft_lab.demo", "preflight": "sdft_lab.inspect.preflight", "experiment": "sdft_lab.experiments"}
 
 
 # ----------------------------------------------------------------------------
 # Config: a file, then flags
 
 
-def read_config(path: Path) -> dict:
-    if not path.is_file():
-        raise SystemExit(f"error: {path}: no such config file.")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix in (".yaml", ".yml"):
-        try:
-            import yaml
-        except ImportError:
-            raise SystemExit(f"error: {path}: reading YAML needs PyYAML (`pip install pyyaml`); "
-                             "or write the config as JSON.") from None
-        config = yaml.safe_load(text) or {}
-    else:
-        try:
-            config = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise SystemExit(f"error: {path}:{err.lineno}: not valid JSON ({err.msg}). Use .yaml / .yml for YAML.")
-    if not isinstance(config, dict):
-        raise SystemExit(f"error: {path}: the config must be a mapping of keys to values.")
-    unknown = set(config) - set(SECTIONS) - set(TOP_LEVEL)
-    if unknown:
-        raise SystemExit(f"error: {path}: unknown key(s) {sorted(unknown)}; allowed: "
-                         f"{sorted(TOP_LEVEL)} and the sections {sorted(SECTIONS)}.")
-    return config
-
-
-def build(cls, values: dict, where: str):
-    """A config dataclass from a dict; nested dataclass fields (divergence, prompts) from nested dicts."""
-    if not isinstance(values, dict):
-        raise SystemExit(f"error: {where} must be a mapping, got {values!r}.")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    if set(values) - known:
-        raise SystemExit(f"error: {where}: unknown key(s) {sorted(set(values) - known)}; "
-                         f"{cls.__name__} has {sorted(known)}.")
-    kwargs = {k: build(hints[k], v, f"{where}.{k}") if dataclasses.is_dataclass(hints[k]) else v
-              for k, v in values.items()}
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as err:
-        raise SystemExit(f"error: {where}: {err}") from None
-
-
-def resolve(args: argparse.Namespace) -> dict:
+def resolve(args: argparse.Namespace) -> RunConfig:
     """The config file's values, overridden by the flags given (dotted dests like "sdft.divergence.kind")."""
-    config = read_config(args.config) if args.config else {}
-    where = str(args.config or "flags")
-    for dest, value in vars(args).items():
-        if "." in dest:
-            *path, key = dest.split(".")
-            node = config
-            for part in path:
-                node = node.setdefault(part, {})
-            node[key] = value
-        elif dest in TOP_LEVEL and value is not None:
-            config[dest] = value
-    out = {k: config.get(k, default) for k, default in TOP_LEVEL.items()}
-    if out["method"] not in ("sdft", "sft"):
-        raise SystemExit(f"error: {where}: method must be 'sdft' or 'sft', got {out['method']!r}.")
-    if isinstance(config.get("train", {}), dict):  # --checkpoint-every and --resume use OUT/checkpoints
-        config.setdefault("train", {}).setdefault("checkpoint_dir", str(Path(out["out"]) / "checkpoints"))
-    out.update({name: build(cls, config.get(name, {}), f"{where}: {name}") for name, cls in SECTIONS.items()})
-    return out
+    try:
+        config = read_file(args.config) if args.config else {}
+        for dest, value in vars(args).items():
+            if "." in dest:
+                *path, key = dest.split(".")
+                node = config
+                for part in path:
+                    node = node.setdefault(part, {})
+                node[key] = value
+            elif dest in TOP_LEVEL and value is not None:
+                config[dest] = value
+        return RunConfig.from_dict(config, str(args.config or "flags"))
+    except ConfigError as err:
+        raise SystemExit(f"error: {err}") from None
 
 
 def add_config_flags(p: argparse.ArgumentParser) -> None:
@@ -161,8 +111,7 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
 
 def load_model(name: str, quantization: str = "auto", adapter: Path | None = None):
     """(model, tokenizer): the base, with a saved adapter applied when given."""
-    from .harness import load_adapter
-    from .models import load
+    from .models import load, load_adapter
 
     model, tok = load(name, quantization=quantization)
     if adapter is None:
@@ -174,18 +123,16 @@ def load_model(name: str, quantization: str = "auto", adapter: Path | None = Non
 
 
 def train(args: argparse.Namespace) -> dict:
+    from .inspect.preflight import quick_check
     from .models import add_student
-    from .sdft import SDFT
-    from .sft import SFT
     from .trainer import Trainer
 
     cfg = resolve(args)
-    out = Path(cfg["out"])
-    examples = load_dataset(cfg["data"])
-    model, tok = load_model(cfg["model"], cfg["quantization"])
-    model = add_student(model, cfg["lora"], seed=cfg["train"].seed)
-    objective = SDFT(cfg["sdft"]) if cfg["method"] == "sdft" else SFT(cfg["sft"])
-    trainer = Trainer(model, tok, objective, examples, cfg["train"])
+    out = Path(cfg.out)
+    examples = load_dataset(cfg.data)
+    model, tok = load_model(cfg.model, cfg.quantization)
+    model = add_student(model, cfg.student, seed=cfg.train.seed)
+    trainer = Trainer(model, tok, cfg.objective(), examples, cfg.train, preflight=quick_check)
     if args.resume:
         trainer.resume()
     t0 = time.perf_counter()
@@ -193,17 +140,16 @@ def train(args: argparse.Namespace) -> dict:
     trainer.save_adapter(out / "adapter")
     if trainer.group.is_main:
         (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in trainer.history))
-        (out / "config.json").write_text(json.dumps(
-            {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in cfg.items()}, indent=1))
+        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
         last = history[-1] if history else {}
-        print(f"{cfg['method']}: {len(history)} steps in {time.perf_counter() - t0:.0f} s; last loss "
+        print(f"{cfg.method}: {len(history)} steps in {time.perf_counter() - t0:.0f} s; last loss "
               f"{last.get('loss', float('nan')):.4f}. Adapter, metrics.jsonl and config.json in {out}/")
     return {"history": history, "out": str(out)}
 
 
 def evaluate(args: argparse.Namespace) -> dict:
-    from .evals import SCORERS, load_knowledge, load_probes, mc_accuracy, qa_accuracy, task_accuracy
-    from .experiments import skill_split
+    from .data import skill_split
+    from .eval import SCORERS, load_knowledge, load_probes, mc_accuracy, qa_accuracy, task_accuracy
 
     if not (args.probes or args.knowledge or args.task or args.harness_tasks):
         args.probes = True
@@ -221,7 +167,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         results[f"task:{args.task}"] = {args.scorer: task_accuracy(model, tok, examples[: args.limit],
                                                                     SCORERS[args.scorer])}
     if args.harness_tasks:
-        from .harness import evaluate as harness_evaluate
+        from .eval.lm_eval import evaluate as harness_evaluate
 
         results["lm_eval"] = harness_evaluate(model, tok, args.harness_tasks, include_path=args.harness_include,
                                               limit=args.limit)
@@ -234,7 +180,7 @@ def evaluate(args: argparse.Namespace) -> dict:
 
 
 def diff(args: argparse.Namespace) -> dict:
-    from .diffs import table_html, to_html, token_diffs
+    from .inspect.diffs import table_html, to_html, token_diffs
 
     if args.question:
         if not args.demonstration:
@@ -263,19 +209,19 @@ def diff(args: argparse.Namespace) -> dict:
 def export_trl(args: argparse.Namespace) -> dict:
     from transformers import AutoTokenizer
 
-    from .models import BUNDLED, bundled_path
-    from .trl_export import export
+    from .bundled import BUNDLED, bundled_path
+    from .interop.trl import export
 
     cfg = resolve(args)
-    if cfg["method"] != "sdft":
+    if cfg.method != "sdft":
         raise SystemExit("error: only SDFT exports to TRL's SDFTTrainer (for SFT, use TRL's SFTTrainer).")
-    tok = AutoTokenizer.from_pretrained(bundled_path() if cfg["model"] == BUNDLED else cfg["model"])
+    tok = AutoTokenizer.from_pretrained(bundled_path() if cfg.model == BUNDLED else cfg.model)
     try:
-        config = export(load_dataset(cfg["data"]), tok, cfg["out"], cfg["sdft"], cfg["train"], cfg["lora"])
+        config = export(load_dataset(cfg.data), tok, cfg.out, cfg.sdft, cfg.train, cfg.student)
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
     kw = config["sdft_config"]
-    print(f"Wrote {cfg['out']}/train.jsonl and trl_config.json: distillation_mode={kw['distillation_mode']} "
+    print(f"Wrote {cfg.out}/train.jsonl and trl_config.json: distillation_mode={kw['distillation_mode']} "
           f"alpha={kw['distillation_alpha']} teacher={kw['teacher_model_kind']} "
           f"max_prompt_length={kw['max_prompt_length']} (longest teacher prompt).")
     return config

@@ -109,3 +109,8 @@ def save_jsonl(examples: list[Example], path: str | os.PathLike) -> None:
 def load_dataset(name_or_path: str) -> list[Example]:
     """A bundled set by name (see BUNDLED) or a jsonl path."""
     return load_jsonl(BUNDLED.get(name_or_path, name_or_path))
+
+
+def skill_split(name: str, split: str) -> list[Example]:
+    """The examples of a bundled skill set (toolcall, science) whose metadata split is `split` (train / eval)."""
+    return [ex for ex in load_dataset(name) if ex.metadata.get("split") == split]

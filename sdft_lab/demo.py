@@ -15,10 +15,11 @@ import json
 import time
 from pathlib import Path
 
+from .config import RunConfig
 from .data import load_dataset
+from .inspect.preflight import greedy_answers, quick_check
 from .models import add_student, load
-from .preflight import greedy_answers
-from .sdft import SDFT, SDFTConfig, evaluate_kl
+from .sdft import SDFTConfig, evaluate_kl
 from .trainer import TrainConfig, Trainer
 
 HELD_OUT_SEED = 10**6  # training rollouts use seeds cfg.seed·1000003 + i, far from this
@@ -34,11 +35,13 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
 
-    model, tok = load("bundled")
-    model = add_student(model)
-    train, held_out = load_dataset("demo"), load_dataset("demo-heldout")
+    run = RunConfig(out=str(args.out), sdft=SDFTConfig(max_new_tokens=args.max_new_tokens),
+                    train=TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr))
+    model, tok = load(run.model, run.quantization)
+    model = add_student(model, run.student, seed=run.train.seed)
+    train, held_out = load_dataset(run.data), load_dataset("demo-heldout")
     featured = held_out[0]
-    cfg = SDFTConfig(max_new_tokens=args.max_new_tokens)
+    cfg = run.sdft
     print(f"Training on {len(train)} questions; measuring on {len(held_out)} held-out paraphrases.\n")
 
     before = evaluate_kl(model, tok, held_out, cfg, seed=HELD_OUT_SEED)
@@ -46,8 +49,7 @@ def main(argv: list[str] | None = None) -> dict:
     answer_before, = greedy_answers(model, tok, [featured], cfg, cfg.max_new_tokens)
     teacher_answer, = greedy_answers(model, tok, [featured], cfg, cfg.max_new_tokens, teacher=True)
 
-    trainer = Trainer(model, tok, SDFT(cfg), train,
-                      TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr))
+    trainer = Trainer(model, tok, run.objective(), train, run.train, preflight=quick_check)
     history = trainer.train()
 
     after = evaluate_kl(model, tok, held_out, cfg, seed=HELD_OUT_SEED)

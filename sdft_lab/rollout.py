@@ -11,9 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from tqdm.auto import tqdm
 
-from . import decode
-from .losses import chunked_token_logp
+from . import sampler
+from .losses import chunked_token_logp, sequence_means
 from .models import decoder, lm_head
 from .prompts import left_pad
 
@@ -90,16 +91,16 @@ def sample(
 ) -> Completions:
     """Sample one completion per prompt. temperature 0 is greedy. Reproducible for a given seed.
 
-    engine: "lean" (decode.py's loop, llama-family models), "hf" (`model.generate`),
+    engine: "lean" (sampler.py's loop, llama-family models), "hf" (`model.generate`),
     or "auto" (lean where supported). Both draw the same tokens for the same seed.
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
-    lean = engine == "lean" or (engine == "auto" and decode.supported(model))
-    if engine == "lean" and not decode.supported(model):
-        raise ValueError(f"the lean sampler supports {decode.SUPPORTED} models without merged or DoRA adapters; "
+    lean = engine == "lean" or (engine == "auto" and sampler.supported(model))
+    if engine == "lean" and not sampler.supported(model):
+        raise ValueError(f"the lean sampler supports {sampler.SUPPORTED} models without merged or DoRA adapters; "
                          f"use engine='hf' for {model.config.model_type}")
     device = next(model.parameters()).device
     ids, mask = left_pad(prompts, tokenizer.pad_token_id)
@@ -111,7 +112,7 @@ def sample(
             if seed is not None:
                 torch.manual_seed(seed)
             if lean:
-                new = decode.generate(model, ids.to(device), mask.to(device), max_new_tokens, temperature, top_p,
+                new = sampler.generate(model, ids.to(device), mask.to(device), max_new_tokens, temperature, top_p,
                                       eos, tokenizer.pad_token_id)
             else:
                 new = generate_clean(model, ids.to(device), mask.to(device), max_new_tokens, temperature, top_p,
@@ -146,6 +147,15 @@ def generate_clean(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens:
         hf.generation_config = saved
 
 
+def greedy_texts(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int = 16,
+                 desc: str | None = None) -> list[str]:
+    """Greedy answers to many prompts, `batch_size` at a time (with a progress bar when desc is given)."""
+    texts = []
+    for i in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False, disable=desc is None):
+        texts += sample(model, tokenizer, prompts[i:i + batch_size], max_new_tokens, temperature=0).texts
+    return texts
+
+
 def completion_hidden(model, prompts: list[list[int]], completions: Completions) -> torch.Tensor:
     """Hidden states [B, T, H] whose logits predict completion token t, given prompt + completion[:t].
 
@@ -170,4 +180,4 @@ def mean_logp(model, prompts: list[list[int]], completions: Completions) -> torc
     mask = completions.mask.to(device)
     logp = chunked_token_logp(completion_hidden(model, prompts, completions), lm_head(model),
                               completions.ids.to(device), mask)
-    return (logp * mask).sum(-1) / mask.sum(-1)
+    return sequence_means(logp, mask)[0]

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
-from tqdm.auto import tqdm
 
 from .data import Example
-from .losses import DivergenceConfig, chunked_token_losses, loss_mask, masked_mean
+from .losses import DivergenceConfig, chunked_token_losses, loss_mask, masked_mean, sequence_means
 from .models import TEACHER_KINDS, add_ema_teacher, ema_update, lm_head, teacher_view
 from .prompts import PromptConfig, student_ids, teacher_ids
 from .rollout import Completions, completion_hidden, sample
@@ -34,7 +33,7 @@ class SDFTConfig:
     max_new_tokens: int = 256
     temperature: float = 1.0  # the paper samples at 1.0 with top-p 1: on-policy
     top_p: float = 1.0
-    engine: str = "auto"  # rollout sampler: "lean" (decode.py), "hf" (model.generate), "auto" = lean where supported
+    engine: str = "auto"  # rollout sampler: "lean" (sampler.py), "hf" (model.generate), "auto" = lean where supported
     skip_first: int = 3  # the paper's code leaves the first 3 completion tokens out of the loss
     teacher: str = "base"  # "base" (adapter off), "ema" (EMA adapter) or "live" (collapses)
     ema_rate: float = 0.01  # r in θ_T ← (1−r)·θ_T + r·θ_S, the paper's value
@@ -65,6 +64,8 @@ class Scored:
     stats: dict[str, torch.Tensor]  # [B, T] each: kl, teacher_logp, student_logp, entropy
     mask: torch.Tensor  # [B, T] loss mask: completion tokens after the skipped ones
     timings: dict[str, float]
+    student_hidden: torch.Tensor  # [B, T, H] hidden states that predict each completion token …
+    teacher_hidden: torch.Tensor  # … on each side: full logits when needed (inspect.diffs) are lm_head(these)
 
 
 class SDFT:
@@ -84,15 +85,19 @@ class SDFT:
         if self.cfg.teacher == "live":
             warnings.warn("teacher='live' scores with the current student: known to collapse.", stacklevel=2)
 
-    def score(self, model, tokenizer, examples: list[Example], seed: int | None = None) -> Scored:
+    def score(self, model, tokenizer, examples: list[Example], seed: int | None = None,
+              completions: Completions | None = None, demonstration: bool = True) -> Scored:
+        """Steps 1–4. completions: score these rollouts instead of sampling (the pre-flight and the token
+        diffs do); demonstration=False gives the teacher the bare question (how much is the context?)."""
         cfg = self.cfg
         device = next(model.parameters()).device
         s_prompts = [student_ids(tokenizer, ex, cfg.prompts) for ex in examples]
-        t_prompts = [teacher_ids(tokenizer, ex, cfg.prompts) for ex in examples]
+        t_prompts = [teacher_ids(tokenizer, ex, cfg.prompts) for ex in examples] if demonstration else s_prompts
 
         # 1. on-policy rollout: the student answers the bare question
         t0 = time.perf_counter()
-        y = sample(model, tokenizer, s_prompts, cfg.max_new_tokens, cfg.temperature, cfg.top_p, seed, cfg.engine)
+        y = completions or sample(model, tokenizer, s_prompts, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
+                                  seed, cfg.engine)
 
         # 2. the teacher scores the same tokens with the demonstration in its context
         t1 = time.perf_counter()
@@ -110,23 +115,13 @@ class SDFT:
         )
         t3 = time.perf_counter()
         timings = {"sample_s": t1 - t0, "teacher_s": t2 - t1, "student_fwd_s": t3 - t2}
-        return Scored(y, per_token, stats, mask, timings)
+        return Scored(y, per_token, stats, mask, timings, s_hidden, t_hidden)
 
     def loss(self, model, tokenizer, examples: list[Example], seed: int | None = None):
         scored = self.score(model, tokenizer, examples, seed)
         # 5. mean over each sequence's tokens, then over sequences
         loss = masked_mean(scored.per_token, scored.mask)
         return loss, metrics(scored)
-
-    def preflight(self, model, tokenizer, examples: list[Example]) -> dict:
-        """A quick pre-flight before training: does the teacher gain from the demonstrations?"""
-        from .preflight import PreflightConfig, preflight
-
-        result, = preflight(model, tokenizer, examples, cfg=PreflightConfig(sample_size=4, max_new_tokens=32, sdft=self.cfg))
-        tqdm.write(result.line())
-        if result.verdict == "no signal":
-            warnings.warn(f"{result.line()}\n{result.advice}", stacklevel=3)  # points at train()
-        return asdict(result)
 
     def after_optimizer_step(self, model) -> None:
         if self.cfg.teacher == "ema":
@@ -158,10 +153,9 @@ def evaluate_kl(
     per_example: dict[str, list[float]] = {ex.id: [] for ex in examples}
     for r in range(rollouts):
         scored = objective.score(model, tokenizer, examples, seed=seed + r)
-        mask = scored.mask.float()
-        kl_seq = (scored.stats["kl"] * mask).sum(-1) / mask.sum(-1).clamp_min(1)
-        for ex, value, n in zip(examples, kl_seq.tolist(), mask.sum(-1).tolist()):
-            if n > 0:
+        kl_seq, has = sequence_means(scored.stats["kl"], scored.mask)
+        for ex, value, counted in zip(examples, kl_seq.tolist(), has.tolist()):
+            if counted:
                 per_example[ex.id].append(value)
     means = {k: sum(v) / len(v) for k, v in per_example.items() if v}
     return {"kl": sum(means.values()) / max(1, len(means)), "per_example": means}

@@ -1,7 +1,7 @@
 """The training loop shared by SDFT and SFT.
 
-An objective has `setup(model)`, `loss(model, tokenizer, examples, seed) -> (loss, metrics)`
-and `after_optimizer_step(model)`. The Trainer owns everything else: batching,
+An objective (the Objective protocol below) has `setup(model)`, `loss(model, tokenizer, examples, seed)
+-> (loss, metrics)` and `after_optimizer_step(model)`. The Trainer owns everything else: batching,
 AdamW, cosine schedule with warm-up, gradient accumulation, clipping, seeds,
 the metric stream and saving the adapter. `step()` runs one optimizer step and
 can be called from a notebook cell; `train(n)` runs n of them with a progress bar.
@@ -18,7 +18,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
 from tqdm.auto import tqdm
@@ -26,6 +26,16 @@ from tqdm.auto import tqdm
 from . import checkpoint, distributed
 from .data import Example
 from .models import STUDENT, trainable_parameters
+
+
+class Objective(Protocol):
+    name: str
+
+    def setup(self, model) -> None: ...
+
+    def loss(self, model, tokenizer, examples: list[Example], seed: int | None = None) -> tuple[torch.Tensor, dict]: ...
+
+    def after_optimizer_step(self, model) -> None: ...
 
 
 @dataclass
@@ -38,7 +48,7 @@ class TrainConfig:
     warmup_steps: int = 0
     max_grad_norm: float = 1.0
     seed: int = 0
-    preflight: bool = True  # train() first checks that the teacher gains from the demonstrations
+    preflight: bool = True  # train() first runs the Trainer's pre-flight check, when it was given one
     checkpoint_dir: str | None = None  # where save_checkpoint() and checkpoint_every write
     checkpoint_every: int = 0  # save a checkpoint every N steps (0 = only when asked)
     keep_checkpoints: int = 2
@@ -71,13 +81,16 @@ def seed_everything(seed: int) -> None:
 
 
 class Trainer:
-    def __init__(self, model, tokenizer, objective, examples: list[Example], cfg: TrainConfig | None = None,
-                 callbacks: tuple[Callable[[dict], None], ...] = ()):
+    def __init__(self, model, tokenizer, objective: Objective, examples: list[Example], cfg: TrainConfig | None = None,
+                 callbacks: tuple[Callable[[dict], None], ...] = (), preflight: Callable | None = None):
+        """callbacks get each step's record; preflight(model, tokenizer, examples, objective) -> dict | None is
+        the check train() runs once first (inspect.preflight.quick_check: does the teacher gain anything?)."""
         if not examples:
             raise ValueError("Trainer needs at least one example.")
         self.model, self.tokenizer, self.objective, self.examples = model, tokenizer, objective, examples
         self.cfg = cfg or TrainConfig()
         self.callbacks = list(callbacks)
+        self.check = preflight
         seed_everything(self.cfg.seed)
         self.group = distributed.setup(model)
         objective.setup(model)
@@ -158,9 +171,8 @@ class Trainer:
     def train(self, steps: int | None = None) -> list[dict]:
         """Run `steps` optimizer steps (default: up to cfg.steps) with a progress bar."""
         steps = self.cfg.steps - self.step_count if steps is None else steps
-        wants_preflight = self.cfg.preflight and self.preflight is None and hasattr(self.objective, "preflight")
-        if wants_preflight and self.group.is_main:  # one process is enough to warn
-            self.preflight = self.objective.preflight(self.model, self.tokenizer, self.examples)
+        if self.cfg.preflight and self.check and self.preflight is None and self.group.is_main:  # one warns enough
+            self.preflight = self.check(self.model, self.tokenizer, self.examples, self.objective)
         bar = tqdm(range(steps), desc=self.objective.name, disable=not self.group.is_main)
         for _ in bar:
             record = self.step()

@@ -1,10 +1,15 @@
-"""Fixtures: the bundled tokenizer, a tiny random llama (fast), and the bundled SmolLM2-135M."""
+"""Fixtures: the bundled tokenizer, a tiny random llama (fast), and the bundled SmolLM2-135M.
+
+Tests that load the 135M model, start processes or run notebooks are marked `slow` (per module, or per test);
+`make test-fast` runs the others (pytest -m "not slow").
+"""
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from sdft_lab import Example, add_student, load, load_dataset
+from sdft_lab.bundled import bundled_path
 
 
 @pytest.fixture(scope="session")
@@ -14,8 +19,9 @@ def bundled():
 
 
 @pytest.fixture(scope="session")
-def tokenizer(bundled):
-    return bundled[1]
+def tokenizer():
+    """The bundled tokenizer alone (the fast tests need no 135M model)."""
+    return AutoTokenizer.from_pretrained(bundled_path())
 
 
 def tiny_llama(tokenizer, seed: int = 0):

@@ -62,7 +62,7 @@ if __name__ == "__main__":
 
     from transformers import AutoTokenizer
 
-    from sdft_lab.models import bundled_path
+    from sdft_lab.bundled import bundled_path
 
     parser = argparse.ArgumentParser()
     parser.add_argument("out", type=Path)

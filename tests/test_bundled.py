@@ -5,7 +5,10 @@ import torch
 from peft import PeftModel
 
 from sdft_lab import SDFT, SDFTConfig, TrainConfig, Trainer, add_student, evaluate_kl, load, teacher_view
-from sdft_lab.models import _cache_is_valid, bundled_path
+from sdft_lab.bundled import bundled_path, cache_is_valid
+from sdft_lab.inspect.preflight import quick_check
+
+pytestmark = pytest.mark.slow  # the 135M model, processes or notebooks: not in make test-fast
 
 PROBE = "Which city is the capital of Velmora?"
 
@@ -25,7 +28,8 @@ def trained(demo):
     cfg = SDFTConfig(max_new_tokens=32)
     held_out_seed = 10**6  # training seeds are cfg.seed·1000003 + i, far from this one
     before = evaluate_kl(model, tok, examples, cfg, seed=held_out_seed, rollouts=2)["kl"]
-    trainer = Trainer(model, tok, SDFT(cfg), examples, TrainConfig(steps=8, batch_size=4, lr=1e-3))
+    trainer = Trainer(model, tok, SDFT(cfg), examples, TrainConfig(steps=8, batch_size=4, lr=1e-3),
+                      preflight=quick_check)
     trainer.train()
     after = evaluate_kl(model, tok, examples, cfg, seed=held_out_seed, rollouts=2)["kl"]
     return model, tok, trainer, base_before, before, after
@@ -84,11 +88,11 @@ def test_bundled_cache_is_checked_and_rebuilt(tmp_path, monkeypatch):
     """A cache whose files do not match the manifest is rebuilt, never loaded."""
     monkeypatch.setenv("SDFT_LAB_CACHE", str(tmp_path))
     path = bundled_path()
-    assert _cache_is_valid(path)
+    assert cache_is_valid(path)
     with open(path / "model.safetensors", "r+b") as f:  # simulate a truncated write
         f.truncate(1000)
-    assert not _cache_is_valid(path)
+    assert not cache_is_valid(path)
     with pytest.warns(UserWarning, match="Rebuilding the corrupt model cache"):
         rebuilt = bundled_path()
-    assert rebuilt == path and _cache_is_valid(path)
+    assert rebuilt == path and cache_is_valid(path)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".convert-")]

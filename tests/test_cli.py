@@ -120,6 +120,7 @@ def test_export_trl_maps_flags_and_refuses_what_trl_cannot_do(tmp_path):
         run(["export-trl", "--data", "demo", "--top-k", "8", "--out", str(tmp_path)])
 
 
+@pytest.mark.slow
 def test_eval_runs_lm_eval_tasks_through_the_harness_bridge(tiny_dir):
     pytest.importorskip("lm_eval", reason="lm-eval is an optional test dependency: pip install -e .[lmeval]")
     results = run(["eval", "--model", tiny_dir, "--harness-tasks", "sdft_lab_probes", "--limit", "4"])

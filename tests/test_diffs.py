@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sdft_lab import SDFT, Example, SDFTConfig
-from sdft_lab.diffs import TokenDiff, divergence_figure, table_html, to_html, token_diffs
+from sdft_lab.inspect.diffs import TokenDiff, divergence_figure, table_html, to_html, token_diffs
 
 
 @pytest.mark.parametrize("kind", ["forward_kl", "reverse_kl"])
@@ -92,7 +92,7 @@ def test_divergence_figure_escapes_hover_text():
 
 def test_live_diff_rescores_the_same_rollouts_each_step(tiny, demo):
     from sdft_lab import TrainConfig, Trainer
-    from sdft_lab.widgets import LiveDiff, diff_stepper
+    from sdft_lab.inspect.widgets import LiveDiff, diff_stepper
 
     model, tok = tiny
     cfg = SDFTConfig(max_new_tokens=6, skip_first=0)

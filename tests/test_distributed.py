@@ -15,6 +15,8 @@ from safetensors.torch import load_file
 import dist_worker
 from sdft_lab import distributed
 
+pytestmark = pytest.mark.slow  # the 135M model, processes or notebooks: not in make test-fast
+
 ACCELERATE = Path(sys.executable).parent / "accelerate"
 
 

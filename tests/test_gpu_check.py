@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # the 135M model, processes or notebooks: not in make test-fast
+
 SCRIPT = Path(__file__).parent.parent / "bench" / "gpu_check.py"
 
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from transformers import CohereConfig, CohereForCausalLM, Gemma2Config, Gemma2ForCausalLM, GraniteConfig
 from transformers import GraniteForCausalLM
 
-from sdft_lab import SDFT, SFT, LoraSettings, SDFTConfig, TrainConfig, Trainer, add_student, sample
+from sdft_lab import SDFT, SFT, StudentConfig, SDFTConfig, TrainConfig, Trainer, add_student, sample
 from sdft_lab.losses import DivergenceConfig, chunked_token_losses, chunked_token_logp, divergence
 from sdft_lab.models import EMA, STUDENT, teacher_view
 from sdft_lab.prompts import PromptConfig, encode, student_ids, teacher_ids
@@ -162,7 +162,7 @@ def test_models_that_post_process_their_logits_are_refused_when_the_student_is_m
 
 
 def test_the_teacher_scores_in_eval_mode_even_with_lora_dropout(tokenizer, example):
-    model = add_student(tiny_llama(tokenizer), LoraSettings(dropout=0.5))
+    model = add_student(tiny_llama(tokenizer), StudentConfig(dropout=0.5))
     with torch.no_grad():
         for p in (p for n, p in model.named_parameters() if "lora_B" in n):
             p.normal_(0, 0.5)  # so that the adapter, and its dropout, matter

@@ -11,7 +11,7 @@ import torch
 from bitsandbytes.nn import Linear4bit
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from sdft_lab import SFT, LoraSettings, add_student, load, load_dataset, sample
+from sdft_lab import SFT, StudentConfig, add_student, load, load_dataset, sample
 from sdft_lab.prompts import PromptConfig, student_ids
 
 
@@ -102,7 +102,7 @@ def test_gradient_checkpointing_is_on_for_4bit_bases_and_changes_no_gradient(tin
     for checkpointing in (None, False):
         base, tok = load(tiny_dir, quantization="nf4", device="cpu")
         model = add_student(base,
-                            LoraSettings(gradient_checkpointing=checkpointing), seed=0)
+                            StudentConfig(gradient_checkpointing=checkpointing), seed=0)
         assert model.get_base_model().model.gradient_checkpointing == (checkpointing is None)
         with torch.no_grad():
             for name, p in model.named_parameters():

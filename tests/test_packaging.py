@@ -16,6 +16,8 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
+pytestmark = pytest.mark.slow  # the 135M model, processes or notebooks: not in make test-fast
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -37,7 +39,7 @@ def test_the_wheel_holds_the_data_the_code_loads(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = {f"sdft_lab/data/{p.relative_to(ROOT / 'data')}" for p in (ROOT / "data").rglob("*.jsonl")}
     assert expected and expected <= names
-    assert {"sdft_lab/harness_tasks/sdft_lab_probes.yaml", "sdft_lab/cli.py"} <= names
+    assert {"sdft_lab/eval/tasks/sdft_lab_probes.yaml", "sdft_lab/cli.py"} <= names
 
 
 def test_the_extras_accept_the_pinned_versions(wheel):
@@ -70,7 +72,7 @@ def test_installed_wheel_runs_outside_the_checkout(wheel, tmp_path):
                    env=env, check=True, capture_output=True, timeout=120)
     assert (tmp_path / "trl" / "train.jsonl").read_text().count("\n") == 16
 
-    probe = ("import sdft_lab, sdft_lab.data as d, sdft_lab.evals as e; "
+    probe = ("import sdft_lab, sdft_lab.data as d, sdft_lab.eval as e; "
              "print(sdft_lab.__file__); print(d.DATA_DIR); "
              "print(len(d.load_dataset('demo')), len(e.load_probes()), len(e.load_knowledge().eval))")
     out = subprocess.run([python, "-c", probe], cwd=tmp_path, env=env, check=True, capture_output=True, text=True,

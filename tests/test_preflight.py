@@ -3,9 +3,11 @@
 import pytest
 
 from sdft_lab import Example
-from sdft_lab.preflight import (ADVICE, CLEAR_ANSWER_LIFT, CLEAR_REF_LIFT, MIN_SIGNAL, TEMPLATES, WEAK_ANSWER_LIFT,
-                                WEAK_REF_LIFT, PreflightConfig, bar_chart, compare_templates, preflight, table, verdict)
-from sdft_lab.evals import contains_answer, toolcall_format
+from sdft_lab.inspect.preflight import (ADVICE, CLEAR_ANSWER_LIFT, CLEAR_REF_LIFT, MIN_SIGNAL, WEAK_ANSWER_LIFT,
+                                        WEAK_REF_LIFT, PreflightConfig, bar_chart, compare_templates, preflight,
+                                        quick_check, table, verdict)
+from sdft_lab.prompts import TEMPLATES
+from sdft_lab.eval import contains_answer, toolcall_format
 
 
 def test_figures_have_the_right_shapes_and_ranges(tiny, demo):
@@ -63,6 +65,7 @@ def test_verdict_follows_the_written_thresholds(answer_lift, ref_lift, signal, e
 RARE = "zorbliquent"
 
 
+@pytest.mark.slow
 def test_context_helps_with_a_rare_word_but_noise_does_not(bundled):
     """With the rare answer word in the demonstration the teacher says it; with noise it cannot."""
     model, tok = bundled
@@ -92,7 +95,8 @@ def test_train_runs_the_preflight_first_and_warns_without_stopping(tiny, demo):
     from sdft_lab import SDFT, SDFTConfig, TrainConfig, Trainer
 
     model, tok = tiny  # a random model: its teacher cannot use the demonstrations
-    trainer = Trainer(model, tok, SDFT(SDFTConfig(max_new_tokens=4)), demo, TrainConfig(steps=1, batch_size=2))
+    trainer = Trainer(model, tok, SDFT(SDFTConfig(max_new_tokens=4)), demo, TrainConfig(steps=1, batch_size=2),
+                      preflight=quick_check)
     with pytest.warns(UserWarning, match="NO SIGNAL"):
         history = trainer.train()
     assert len(history) == 1 and trainer.preflight["verdict"] == "no signal"
@@ -104,6 +108,6 @@ def test_preflight_can_be_switched_off(tiny, demo):
 
     model, tok = tiny
     trainer = Trainer(model, tok, SDFT(SDFTConfig(max_new_tokens=4)), demo,
-                      TrainConfig(steps=1, batch_size=2, preflight=False))
+                      TrainConfig(steps=1, batch_size=2, preflight=False), preflight=quick_check)
     trainer.train()
     assert trainer.preflight is None

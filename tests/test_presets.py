@@ -34,6 +34,7 @@ def test_the_vram_estimate_by_hand_for_the_7b_shape():
     assert p.vram_source == "estimated" and f"{large} GB (estimated)" in table()
 
 
+@pytest.mark.slow
 def test_loading_a_preset_offline_says_how_to_fetch_it(tmp_path):
     code = "from sdft_lab import load; load('qwen2.5-1.5b')"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)}

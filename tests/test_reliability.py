@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sdft_lab import SDFT, LoraSettings, SDFTConfig, TrainConfig, Trainer, add_student, load
+from sdft_lab import SDFT, StudentConfig, SDFTConfig, TrainConfig, Trainer, add_student, load
 from sdft_lab import checkpoint
 from sdft_lab.models import EMA, STUDENT
 
@@ -34,6 +34,7 @@ def read_losses(path):
     return {r["step"]: r["loss"] for r in map(json.loads, Path(path).read_text().splitlines())}
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_gives_the_same_losses(tmp_path):
     steps, env = 8, {**os.environ, "PYTHONUNBUFFERED": "1"}
     subprocess.run([sys.executable, WORKER, tmp_path / "a", tmp_path / "a.jsonl", str(steps)], check=True, env=env)
@@ -149,7 +150,7 @@ def test_lora_target_modules_that_do_not_exist(tokenizer):
     from conftest import tiny_llama
 
     with pytest.raises(ValueError, match=r"match no layer.*linear layers are named \[.*q_proj.*'all-linear'"):
-        add_student(tiny_llama(tokenizer), LoraSettings(target_modules=["qkv_fused"]))
+        add_student(tiny_llama(tokenizer), StudentConfig(target_modules=["qkv_fused"]))
 
 
 def test_top_k_larger_than_the_vocabulary(tiny, demo):
@@ -172,6 +173,7 @@ def test_resume_from_an_incomplete_checkpoint(tiny, demo, tmp_path):
         trainer.resume(tmp_path / "broken")
 
 
+@pytest.mark.slow
 def test_unreachable_model_id_says_offline_and_suggests_bundled(tmp_path):
     code = "from sdft_lab import load; load('no-such-org/no-such-model-xyz')"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)}

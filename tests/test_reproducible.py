@@ -16,6 +16,8 @@ import pytest
 
 from sdft_lab import checkpoint
 
+pytestmark = pytest.mark.slow  # the 135M model, processes or notebooks: not in make test-fast
+
 STEPS = 6
 ARGS = ["train", "--data", "demo", "--steps", str(STEPS), "--batch-size", "2", "--max-new-tokens", "16",
         "--lr", "1e-3", "--no-preflight", "--checkpoint-every", "1"]

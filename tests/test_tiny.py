@@ -148,11 +148,11 @@ def test_invalid_train_configs(bad, message):
 
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tokenizer, demo):
     from conftest import tiny_llama
-    from sdft_lab import LoraSettings, add_student
+    from sdft_lab import StudentConfig, add_student
 
     grads = {}
     for gc in (False, True):
-        model = add_student(tiny_llama(tokenizer), LoraSettings(gradient_checkpointing=gc))
+        model = add_student(tiny_llama(tokenizer), StudentConfig(gradient_checkpointing=gc))
         model.train()
         loss, _ = SDFT(SDFTConfig(max_new_tokens=8, skip_first=0)).loss(model, tokenizer, demo[:2], seed=3)
         loss.backward()

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from sdft_lab import DivergenceConfig, PromptConfig, SDFTConfig, TrainConfig
-from sdft_lab.preflight import TEMPLATES
+from sdft_lab.prompts import TEMPLATES
 from sdft_lab.prompts import fill, teacher_ids
-from sdft_lab.trl_export import distillation, export, load_for_trl, split_template
+from sdft_lab.interop.trl import distillation, export, load_for_trl, split_template
 
 from conftest import tiny_llama
 
@@ -76,6 +76,7 @@ def test_export_warns_where_trl_would_differ(tokenizer, demo, tmp_path):
         export(demo[:2], tokenizer, tmp_path, SDFTConfig(prompts=PromptConfig(max_teacher_prompt_tokens=40)))
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # transformers deprecations raised inside TRL
 def test_trl_sdft_trainer_runs_one_step_on_the_export(tokenizer, demo, tmp_path):
     sdft_module = pytest.importorskip("trl.experimental.sdft",

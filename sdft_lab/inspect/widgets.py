@@ -8,13 +8,12 @@ import ipywidgets as W
 import plotly.graph_objects as go
 from IPython.display import display
 
-from .data import Example
+from ..data import Example
 from .diffs import divergence_figure, to_html, token_diffs
 from .plots import training_curves
-from .preflight import TEMPLATES
-from .prompts import student_ids
-from .rollout import sample
-from .sdft import SDFTConfig
+from ..prompts import TEMPLATES, student_ids
+from ..rollout import sample
+from ..sdft import SDFTConfig
 
 
 def diff_stepper(model, tokenizer, examples: list[Example], cfg: SDFTConfig | None = None) -> W.VBox:

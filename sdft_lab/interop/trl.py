@@ -37,12 +37,12 @@ import warnings
 from dataclasses import asdict
 from pathlib import Path
 
-from .data import Example
-from .losses import DivergenceConfig
-from .models import LoraSettings
-from .prompts import chat_messages, fill, student_ids
-from .sdft import SDFTConfig
-from .trainer import TrainConfig
+from ..data import Example
+from ..losses import DivergenceConfig
+from ..models import StudentConfig
+from ..prompts import chat_messages, fill, student_ids
+from ..sdft import SDFTConfig
+from ..trainer import TrainConfig
 
 CONFIG_FILE, DATA_FILE = "trl_config.json", "train.jsonl"
 NOTES = [
@@ -132,9 +132,9 @@ def trl_config(sdft: SDFTConfig, train: TrainConfig, teacher_prompt_template: st
 
 
 def export(examples: list[Example], tokenizer, out: str | Path, sdft: SDFTConfig | None = None,
-           train: TrainConfig | None = None, lora: LoraSettings | None = None) -> dict:
+           train: TrainConfig | None = None, lora: StudentConfig | None = None) -> dict:
     """Write train.jsonl and trl_config.json into `out`; returns what trl_config.json holds."""
-    sdft, train, lora = sdft or SDFTConfig(), train or TrainConfig(), lora or LoraSettings()
+    sdft, train, lora = sdft or SDFTConfig(), train or TrainConfig(), lora or StudentConfig()
     template, _ = split_template(sdft.prompts.teacher_template)
     rows = records(examples, tokenizer, sdft)
     lengths = teacher_prompt_lengths(rows, tokenizer, template)
@@ -173,7 +173,7 @@ def load_for_trl(folder: str | Path, output_dir: str, **overrides):
     folder = Path(folder)
     for name in (CONFIG_FILE, DATA_FILE):
         if not (folder / name).is_file():
-            raise FileNotFoundError(f"{folder / name} is missing: make the folder with trl_export.export() "
+            raise FileNotFoundError(f"{folder / name} is missing: make the folder with sdft_lab.interop.trl.export() "
                                     "or `sdft-lab export-trl`.")
     config = json.loads((folder / CONFIG_FILE).read_text())
     rows = [json.loads(line) for line in (folder / DATA_FILE).read_text(encoding="utf-8").splitlines() if line]

@@ -21,37 +21,40 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from .data import Example, load_dataset
-from .evals import (RetentionCallback, load_knowledge, load_probes, mc_accuracy, qa_accuracy, science_answer,
+from ..config import RunConfig
+from ..data import Example, skill_split
+from ..eval import (RetentionCallback, load_knowledge, load_probes, mc_accuracy, qa_accuracy, science_answer,
                     task_accuracy, toolcall_format)
-from .models import add_student, load
-from .sdft import SDFT, SDFTConfig
-from .sft import SFT
-from .trainer import TrainConfig, Trainer
+from ..models import add_student, load
+from ..sdft import SDFTConfig
+from ..trainer import TrainConfig, Trainer
+
+
+def default_run() -> RunConfig:
+    # 32 optimizer steps × 4 examples = 2 epochs of the 64 knowledge examples; per stage in the sequential run
+    return RunConfig(train=TrainConfig(steps=32, batch_size=4, lr=1e-3, preflight=False),
+                     sdft=SDFTConfig(max_new_tokens=48))
 
 
 @dataclass
 class ExperimentConfig:
-    steps: int = 32  # optimizer steps per method (per stage in the sequential run); 32 × 4 = 2 epochs of the facts
-    batch_size: int = 4
-    lr: float = 1e-3
-    max_new_tokens: int = 48  # SDFT rollouts
-    retention_every: int = 16
-    seed: int = 0
+    """The run every method shares (model, train, sdft, sft, student; its `method` is set per method) and how
+    much to evaluate."""
+
+    run: RunConfig = field(default_factory=default_run)
+    retention_every: int = 16  # steps between two measurements of the retention probes
     eval_limit: int | None = None  # evaluate on the first N items only (smoke runs)
-    model: str = "bundled"  # or a local folder / hub id: NF4 on a GPU, fp32 on the CPU
 
-
-def objective(method: str, cfg: ExperimentConfig):
-    return SFT() if method == "sft" else SDFT(SDFTConfig(max_new_tokens=cfg.max_new_tokens))
+    def with_lr(self, lr: float) -> ExperimentConfig:
+        return replace(self, run=replace(self.run, train=replace(self.run.train, lr=lr)))
 
 
 def train(model, tok, method: str, examples: list[Example], cfg: ExperimentConfig, callbacks=()) -> list[dict]:
-    tc = TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, preflight=False)
-    return Trainer(model, tok, objective(method, cfg), examples, tc, callbacks=callbacks).train()
+    objective = replace(cfg.run, method=method).objective()
+    return Trainer(model, tok, objective, examples, cfg.run.train, callbacks=callbacks).train()
 
 
 def saved(out: Path, config: dict) -> dict | None:
@@ -63,10 +66,10 @@ def saved(out: Path, config: dict) -> dict | None:
 
 
 @contextmanager
-def student_of(base, seed: int) -> Iterator:
+def student_of(base, run: RunConfig) -> Iterator:
     """A fresh LoRA student over the one loaded base; afterwards its adapters are taken out again, so every
     method and learning rate starts from the same base and a large model is in memory once."""
-    model = add_student(base, seed=seed)
+    model = add_student(base, run.student, seed=run.train.seed)
     try:
         yield model
     finally:
@@ -76,24 +79,25 @@ def student_of(base, seed: int) -> Iterator:
 def knowledge(out: Path, cfg: ExperimentConfig, reuse: bool = False, live=None) -> dict:
     """reuse=True returns a finished run with the same config from out instead of training again;
     live: a plots.LiveCurves with runs "sft" and "sdft", to watch both train in a notebook."""
-    if reuse and (results := saved(out, vars(cfg))):
+    if reuse and (results := saved(out, asdict(cfg))):
         return results
     facts, probes = load_knowledge(), load_probes()
     items = facts.eval[: cfg.eval_limit]
     probes = probes[: cfg.eval_limit]
-    base, tok = load(cfg.model)
+    base, tok = load(cfg.run.model, cfg.run.quantization)
     start = time.perf_counter()
-    results = {"config": vars(cfg), "base": {"qa": qa_accuracy(base, tok, items), "retention": mc_accuracy(base, tok, probes)},
+    results = {"config": asdict(cfg), "base": {"qa": qa_accuracy(base, tok, items), "retention": mc_accuracy(base, tok, probes)},
                "teacher_ceiling": {"qa": qa_accuracy(base, tok, items, with_passage=True)}}
     for method in ("sft", "sdft"):
-        with student_of(base, cfg.seed) as model:
+        with student_of(base, cfg.run) as model:
             retention = RetentionCallback(model, tok, probes, every=cfg.retention_every,
                                           start=results["base"]["retention"])
             t0 = time.perf_counter()
             callbacks = (retention, live(method)) if live else (retention,)
             history = train(model, tok, method, facts.train, cfg, callbacks=callbacks)
             last = retention.curve[-1]
-            final = last if last["step"] == cfg.steps else {"step": cfg.steps, **mc_accuracy(model, tok, probes)}
+            steps = cfg.run.train.steps
+            final = last if last["step"] == steps else {"step": steps, **mc_accuracy(model, tok, probes)}
             results[method] = {"qa": qa_accuracy(model, tok, items),
                                "retention": {k: v for k, v in final.items() if k != "step"},
                                "retention_curve": retention.curve, "train_s": time.perf_counter() - t0,
@@ -106,21 +110,17 @@ def knowledge(out: Path, cfg: ExperimentConfig, reuse: bool = False, live=None) 
 SKILLS = {"toolcall": toolcall_format, "science": science_answer}  # bundled skill set → its scorer
 
 
-def skill_split(name: str, split: str) -> list[Example]:
-    return [ex for ex in load_dataset(name) if ex.metadata.get("split") == split]
-
-
 def skill_accuracy(model, tok, name: str, cfg: ExperimentConfig) -> float:
     return task_accuracy(model, tok, skill_split(name, "eval")[: cfg.eval_limit], SKILLS[name])
 
 
 def sequential(out: Path, cfg: ExperimentConfig, reuse: bool = False) -> dict:
-    if reuse and (results := saved(out, vars(cfg))):
+    if reuse and (results := saved(out, asdict(cfg))):
         return results
     facts, probes = load_knowledge(), load_probes()[: cfg.eval_limit]
     stages = [("toolcall", skill_split("toolcall", "train")), ("science", skill_split("science", "train")),
               ("knowledge", facts.train)]
-    base, tok = load(cfg.model)
+    base, tok = load(cfg.run.model, cfg.run.quantization)
 
     def measure(model, upto: int) -> dict:
         seen = [name for name, _ in stages[: upto + 1]]
@@ -132,10 +132,10 @@ def sequential(out: Path, cfg: ExperimentConfig, reuse: bool = False) -> dict:
             scores["knowledge"] = qa_accuracy(model, tok, facts.eval[: cfg.eval_limit])["all"]["lenient"]
         return scores
 
-    results = {"config": vars(cfg), "base": measure(base, len(stages) - 1)}
+    results = {"config": asdict(cfg), "base": measure(base, len(stages) - 1)}
     for method in ("sft", "sdft"):
         results[method] = []
-        with student_of(base, cfg.seed) as model:
+        with student_of(base, cfg.run) as model:
             for i, (name, examples) in enumerate(stages):
                 train(model, tok, method, examples, cfg)
                 results[method].append({"stage": name, **measure(model, i)})
@@ -146,19 +146,19 @@ def sequential(out: Path, cfg: ExperimentConfig, reuse: bool = False) -> dict:
 def pareto(out: Path, cfg: ExperimentConfig, lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3),
            task: str = "science", reuse: bool = False) -> dict:
     """Train a fresh adapter per method and learning rate on one skill; score the skill and the retention probes."""
-    config = {**vars(cfg), "lrs": list(lrs), "task": task}
+    config = {**asdict(cfg), "lrs": list(lrs), "task": task}
     if reuse and (results := saved(out, config)):
         return results
     probes = load_probes()[: cfg.eval_limit]
     examples = skill_split(task, "train")
-    base, tok = load(cfg.model)
+    base, tok = load(cfg.run.model, cfg.run.quantization)
     results = {"config": config,
                "base": {"task": skill_accuracy(base, tok, task, cfg), "retention": mc_accuracy(base, tok, probes)["overall"]}}
     for method in ("sft", "sdft"):
         results[method] = []
         for lr in lrs:
-            with student_of(base, cfg.seed) as model:
-                train(model, tok, method, examples, replace(cfg, lr=lr))
+            with student_of(base, cfg.run) as model:
+                train(model, tok, method, examples, cfg.with_lr(lr))
                 results[method].append({"lr": lr, "task": skill_accuracy(model, tok, task, cfg),
                                         "retention": mc_accuracy(model, tok, probes)["overall"]})
     save(out, results)
@@ -166,7 +166,7 @@ def pareto(out: Path, cfg: ExperimentConfig, lrs: tuple[float, ...] = (3e-4, 1e-
 
 
 def save(out: Path, results: dict) -> None:
-    from .plots import knowledge_figures, pareto_figure, sequential_figure
+    from ..inspect.plots import knowledge_figures, pareto_figure, sequential_figure
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1))
@@ -184,13 +184,27 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("experiment", choices=["knowledge", "sequential", "pareto"])
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--config", type=Path, help="a RunConfig file (YAML / JSON) for the shared run settings")
     parser.add_argument("--lrs", type=float, nargs="+", default=[3e-4, 1e-3, 3e-3], help="pareto only")
     parser.add_argument("--task", choices=sorted(SKILLS), default="science", help="pareto only")
-    for name, default in vars(ExperimentConfig()).items():
-        kind = {"lr": float, "model": str}.get(name, int)
-        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default)
+    run = default_run()
+    parser.add_argument("--model", help=f"'bundled', a preset, a folder or a hub id in the cache [{run.model}]")
+    parser.add_argument("--steps", type=int, help=f"per method (per stage when sequential) [{run.train.steps}]")
+    parser.add_argument("--batch-size", type=int, help=f"[{run.train.batch_size}]")
+    parser.add_argument("--lr", type=float, help=f"[{run.train.lr}]")
+    parser.add_argument("--seed", type=int, help=f"[{run.train.seed}]")
+    parser.add_argument("--max-new-tokens", type=int, help=f"SDFT rollouts [{run.sdft.max_new_tokens}]")
+    parser.add_argument("--retention-every", type=int, default=ExperimentConfig.retention_every)
+    parser.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N items (quick looks)")
     args = parser.parse_args(argv)
-    cfg = ExperimentConfig(**{k: getattr(args, k) for k in vars(ExperimentConfig())})
+    if args.config:
+        run = RunConfig.from_file(args.config)
+    given = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
+                               "seed": args.seed}.items() if v is not None}
+    run = replace(run, model=args.model or run.model, train=replace(run.train, preflight=False, **given))
+    if args.max_new_tokens is not None:
+        run = replace(run, sdft=replace(run.sdft, max_new_tokens=args.max_new_tokens))
+    cfg = ExperimentConfig(run, retention_every=args.retention_every, eval_limit=args.eval_limit)
     out = args.out or Path("runs") / args.experiment
     if args.experiment == "pareto":
         results = pareto(out, cfg, tuple(args.lrs), args.task)
@@ -199,7 +213,3 @@ def main(argv: list[str] | None = None) -> dict:
     print(json.dumps({k: v for k, v in results.items() if k != "config"}, indent=1, default=str)[:4000])
     print(f"results and plots in {out}/")
     return results
-
-
-if __name__ == "__main__":
-    main()

@@ -11,7 +11,7 @@ small sample of examples, we measure per template:
               does not see: copying the demonstration proves nothing) under each side;
   signal      mean per-token divergence between teacher and student on student rollouts.
 
-    python -m sdft_lab.preflight --data demo --templates paper reference context-first
+    python -m sdft_lab.inspect.preflight --data demo --templates paper reference context-first
 """
 
 from __future__ import annotations
@@ -19,27 +19,20 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
-from dataclasses import dataclass, replace
+import warnings
+from dataclasses import asdict, dataclass, replace
 from typing import Callable
 
 import torch
+from tqdm.auto import tqdm
 
-from .data import Example, load_dataset
-from .evals import SCORERS, contains_answer
-from .losses import chunked_token_losses, loss_mask
-from .models import lm_head, teacher_view
-from .prompts import PAPER_TEMPLATE, encode, student_ids, teacher_ids
-from .rollout import completion_hidden, completions_from_ids, end_of_turn_id, mean_logp, sample
-from .sdft import SDFTConfig
-
-TEMPLATES = {
-    "paper": PAPER_TEMPLATE,
-    "reference": (
-        "{question}\n\nA reference answer written by an expert:\n{demonstration}\n\n"
-        "Answer the question yourself. Use the reference, and keep its facts and its format."
-    ),
-    "context-first": "Read this first:\n{demonstration}\n\nNow answer the question: {question}",
-}
+from ..data import Example, load_dataset
+from ..eval import SCORERS, contains_answer
+from ..losses import sequence_means
+from ..models import teacher_view
+from ..prompts import PAPER_TEMPLATE, TEMPLATES, encode, student_ids, teacher_ids
+from ..rollout import completions_from_ids, end_of_turn_id, greedy_texts, mean_logp, sample
+from ..sdft import SDFT, SDFTConfig
 
 # Verdict thresholds. Lifts are teacher minus student; log-probs are in nats per token.
 # Measured on the bundled 135M model on 2026-11-23 (README, "Will SDFT work for my model?"), 8 examples:
@@ -119,11 +112,11 @@ def greedy_answers(model, tokenizer, examples: list[Example], cfg: SDFTConfig, m
                    teacher: bool = False) -> list[str]:
     """Greedy answers of the student (bare question) or of the teacher (question + demonstration)."""
     if not teacher:
-        return sample(model, tokenizer, [student_ids(tokenizer, ex, cfg.prompts) for ex in examples],
-                      max_new_tokens, temperature=0).texts
+        return greedy_texts(model, tokenizer, [student_ids(tokenizer, ex, cfg.prompts) for ex in examples],
+                            max_new_tokens)
     with teacher_view(model, cfg.teacher):
-        return sample(model, tokenizer, [teacher_ids(tokenizer, ex, cfg.prompts) for ex in examples],
-                      max_new_tokens, temperature=0).texts
+        return greedy_texts(model, tokenizer, [teacher_ids(tokenizer, ex, cfg.prompts) for ex in examples],
+                            max_new_tokens)
 
 
 @torch.no_grad()
@@ -152,8 +145,6 @@ def preflight(
     exs = random.Random(cfg.seed).sample(examples, min(cfg.sample_size, len(examples)))
     if scorer is None and all(ex.answer for ex in exs):  # default: the short answer appears
         scorer = contains_answer
-    device = next(model.parameters()).device
-
     # The student's side does not depend on the template: measure it once.
     s_prompts = [student_ids(tokenizer, ex, sdft.prompts) for ex in exs]
     if scorer:
@@ -163,8 +154,6 @@ def preflight(
     refs = [exs[i].references[0] for i in with_ref]
     student_ref = reference_logp(model, tokenizer, [s_prompts[i] for i in with_ref], refs) if refs else None
     y = sample(model, tokenizer, s_prompts, cfg.max_new_tokens, sdft.temperature, sdft.top_p, cfg.seed, sdft.engine)
-    s_hidden = completion_hidden(model, s_prompts, y)
-    mask = loss_mask(y.mask, sdft.skip_first).to(device)
 
     results = []
     for name, template in templates.items():
@@ -173,10 +162,9 @@ def preflight(
         t_answers = greedy_answers(model, tokenizer, exs, run, cfg.max_new_tokens, teacher=True) if scorer else []
         with teacher_view(model, sdft.teacher):
             teacher_ref = reference_logp(model, tokenizer, [t_prompts[i] for i in with_ref], refs) if refs else None
-            t_hidden = completion_hidden(model, t_prompts, y)
-        per_token, _ = chunked_token_losses(s_hidden, t_hidden, lm_head(model), y.ids.to(device), mask, sdft.divergence)
-        counts = mask.sum(-1)
-        per_seq = (per_token.sum(-1)[counts > 0] / counts[counts > 0]).tolist() or [0.0]
+        scored = SDFT(run).score(model, tokenizer, exs, completions=y)  # the training loss on the same rollouts
+        per_seq, has = sequence_means(scored.per_token, scored.mask)
+        per_seq = per_seq[has].tolist() or [0.0]
         teacher_acc = statistics.fmean(scorer(ex, a) for ex, a in zip(exs, t_answers)) if scorer else None
         result = TemplateResult(
             name=name, n=len(exs), teacher_accuracy=teacher_acc, student_accuracy=student_acc if scorer else None,
@@ -187,6 +175,19 @@ def preflight(
         result.advice = ADVICE[result.verdict]
         results.append(result)
     return results
+
+
+def quick_check(model, tokenizer, examples: list[Example], objective) -> dict | None:
+    """The pre-flight `Trainer.train()` runs first when given it: 4 examples, 32 tokens, one line, and a loud
+    warning (no stop) when the teacher gains nothing. Only SDFT has a teacher; other objectives get None."""
+    sdft = getattr(objective, "cfg", None)
+    if not isinstance(sdft, SDFTConfig):
+        return None
+    result, = preflight(model, tokenizer, examples, cfg=PreflightConfig(sample_size=4, max_new_tokens=32, sdft=sdft))
+    tqdm.write(result.line())
+    if result.verdict == "no signal":
+        warnings.warn(f"{result.line()}\n{result.advice}", stacklevel=3)  # points at train()
+    return asdict(result)
 
 
 def compare_templates(model, tokenizer, examples, scorer: Scorer | None = None, cfg: PreflightConfig | None = None):
@@ -220,7 +221,7 @@ def bar_chart(results: list[TemplateResult]):
 
 
 def main(argv: list[str] | None = None) -> list[TemplateResult]:
-    from .models import add_student, load
+    from ..models import add_student, load
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="bundled", help="'bundled', a local folder or a hub id")

@@ -2,8 +2,8 @@
 
 The paper checks that SDFT keeps prior skills on HellaSwag, TruthfulQA, MMLU, IFEval, Winogrande and
 HumanEval. This bridge runs any lm-eval task on an in-memory model (the base, or the base with a saved
-adapter), so those numbers sit beside the bundled retention probes (evals.mc_accuracy). The project's own
-task, `sdft_lab_probes` (sdft_lab/harness_tasks/), needs no download; the standard ones need their datasets
+adapter), so those numbers sit beside the bundled retention probes (eval.mc_accuracy). The project's own
+task, `sdft_lab_probes` (sdft_lab/eval/tasks/), needs no download; the standard ones need their datasets
 in the local Hugging Face cache or a network.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 
-TASKS_DIR = Path(__file__).resolve().parent / "harness_tasks"
+TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 # Preferred metric per task, first match wins: acc_norm where a task reports it (HellaSwag's usual number),
 # else accuracy, IFEval's prompt-level strict accuracy, HumanEval's pass@1, then exact match (GSM8K style).
 PRIMARY_METRICS = ("acc_norm", "acc", "prompt_level_strict_acc", "pass@1", "exact_match")
@@ -34,7 +34,7 @@ def probe_dataset(**_):
 
     from datasets import Dataset, DatasetDict
 
-    from .evals import load_probes
+    from .retention import load_probes
 
     return DatasetDict({"test": Dataset.from_list([asdict(p) for p in load_probes()])})
 
@@ -78,7 +78,7 @@ def evaluate(model, tokenizer, tasks: list[str], *, include_path: str | None = N
              batch_size: int = 8) -> dict:
     """Run lm-eval tasks on an in-memory model; returns {task: {metric: value, metric_stderr: value}}.
 
-    model: a transformers model or a PeftModel (base + adapter, see load_adapter); it is scored as it is,
+    model: a transformers model or a PeftModel (base + adapter, see models.load_adapter); it is scored as it is,
     without the chat template (lm-eval's default for these benchmarks). tasks: lm-eval task or group names
     (e.g. "hellaswag", "mmlu", "sdft_lab_probes") or paths to task YAML files. include_path: a folder of
     your own task YAMLs. limit: at most this many documents per task (for quick looks; the numbers are then
@@ -98,17 +98,6 @@ def evaluate(model, tokenizer, tasks: list[str], *, include_path: str | None = N
     finally:
         model.train(was_training)
     return _clean(out["results"], out.get("group_subtasks", {}))
-
-
-def load_adapter(model, path: str | Path):
-    """The base model with a saved peft adapter folder applied (inference mode). The base is modified in
-    place; `with teacher_view(adapted, "base"):` scores the base again without reloading it."""
-    from peft import PeftModel
-
-    if not (Path(path) / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"{path} is not a saved adapter: it has no adapter_config.json "
-                                "(save one with Trainer.save_adapter or model.save_pretrained).")
-    return PeftModel.from_pretrained(model, str(path)).eval()
 
 
 def primary_metric(row: dict[str, float]) -> str:

@@ -16,12 +16,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .data import Example
-from .losses import divergence, loss_mask
-from .models import lm_head, teacher_view
-from .prompts import student_ids, teacher_ids
-from .rollout import Completions, completion_hidden, sample
-from .sdft import SDFTConfig
+from ..data import Example
+from ..losses import divergence
+from ..models import lm_head
+from ..rollout import Completions
+from ..sdft import SDFT, SDFTConfig
 
 
 @dataclass
@@ -72,22 +71,18 @@ def token_diffs(
     shows how much of the difference comes from the demonstration itself.
     """
     cfg = cfg or SDFTConfig()
-    device = next(model.parameters()).device
-    s_prompts = [student_ids(tokenizer, ex, cfg.prompts) for ex in examples]
-    t_prompts = [teacher_ids(tokenizer, ex, cfg.prompts) for ex in examples] if demonstration else s_prompts
-    if completions is None:
-        completions = sample(model, tokenizer, s_prompts, cfg.max_new_tokens, cfg.temperature, cfg.top_p, seed, cfg.engine)
-    with teacher_view(model, cfg.teacher):
-        t_logits = lm_head(model)(completion_hidden(model, t_prompts, completions)).float() / cfg.temperature
-    s_logits = lm_head(model)(completion_hidden(model, s_prompts, completions)).float() / cfg.temperature
-    ids = completions.ids.to(device)
-    per_token = divergence(t_logits, s_logits, cfg.divergence, ids)
+    scored = SDFT(cfg).score(model, tokenizer, examples, seed, completions, demonstration)
+    completions, head = scored.completions, lm_head(model)
+    t_logits = head(scored.teacher_hidden).float() / cfg.temperature
+    s_logits = head(scored.student_hidden).float() / cfg.temperature
+    ids = completions.ids.to(t_logits.device)
+    per_token = divergence(t_logits, s_logits, cfg.divergence, ids)  # every token, the skipped ones too
     t_logp, s_logp = F.log_softmax(t_logits, -1), F.log_softmax(s_logits, -1)
     t_y = t_logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
     s_y = s_logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
     rank = (t_logp > t_y.unsqueeze(-1)).sum(-1) + 1
     t_top, s_top = t_logp.topk(k, -1), s_logp.topk(k, -1)
-    keep = loss_mask(completions.mask, cfg.skip_first)
+    keep = scored.mask.cpu()
 
     def top(values, indices, b, t):
         return [(tokenizer.decode([i]), round(p, 4)) for i, p in zip(indices[b, t].tolist(), values[b, t].exp().tolist())]

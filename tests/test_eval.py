@@ -3,7 +3,7 @@
 import pytest
 
 from sdft_lab import Example
-from sdft_lab.evals import (Probe, QAItem, RetentionCallback, load_knowledge, load_probes, mc_accuracy, qa_accuracy,
+from sdft_lab.eval import (Probe, QAItem, RetentionCallback, load_knowledge, load_probes, mc_accuracy, qa_accuracy,
                             science_answer, score_qa)
 
 
@@ -66,6 +66,7 @@ def test_qa_and_mc_on_the_tiny_model(tiny):
     assert [c["step"] for c in callback.curve] == [0, 2]
 
 
+@pytest.mark.slow
 def test_base_model_is_above_chance_on_the_retention_probes(bundled):
     model, tok = bundled
     acc = mc_accuracy(model, tok, load_probes())

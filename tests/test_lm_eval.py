@@ -7,12 +7,15 @@ import sys
 import pytest
 import torch
 
-from sdft_lab.evals import load_probes
-from sdft_lab.harness import compare, evaluate, load_adapter
+from sdft_lab.eval import load_probes
+from sdft_lab.eval.lm_eval import compare, evaluate
+from sdft_lab.models import load_adapter
 from sdft_lab.models import add_student, teacher_view
-from sdft_lab.plots import benchmark_retention
+from sdft_lab.inspect.plots import benchmark_retention
 
 from conftest import tiny_llama
+
+pytestmark = pytest.mark.slow  # the 135M model, processes or notebooks: not in make test-fast
 
 pytest.importorskip("lm_eval", reason="lm-eval is an optional extra: pip install -e .[lmeval] (make test installs it)")
 

@@ -1,11 +1,11 @@
-"""The lean sampler (decode.py) draws the same tokens as model.generate, so SDFT's losses do not change."""
+"""The lean sampler (sampler.py) draws the same tokens as model.generate, so SDFT's losses do not change."""
 
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM
 
 from conftest import tiny_llama
-from sdft_lab import SDFT, SDFTConfig, add_student, decode, sample, teacher_view
+from sdft_lab import SDFT, SDFTConfig, add_student, sample, sampler, teacher_view
 from sdft_lab.prompts import PromptConfig, student_ids
 
 SETTINGS = [dict(temperature=1.0, top_p=1.0), dict(temperature=0.7, top_p=0.9), dict(temperature=0)]
@@ -59,7 +59,7 @@ def test_unsupported_models_fall_back_to_generate(tokenizer, demo):
     model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=1, n_head=2,
                                        eos_token_id=tokenizer.eos_token_id))
     ps = prompts(tokenizer, demo, 2)
-    assert not decode.supported(model)
+    assert not sampler.supported(model)
     assert sample(model, tokenizer, ps, 8, seed=0).ids.shape[0] == 2
     with pytest.raises(ValueError, match="engine='hf'"):
         sample(model, tokenizer, ps, 8, seed=0, engine="lean")
@@ -75,6 +75,7 @@ def test_sdft_losses_are_the_same_with_either_sampler(tokenizer, demo):
     torch.testing.assert_close(scored["lean"].per_token, scored["hf"].per_token)
 
 
+@pytest.mark.slow
 def test_lean_matches_generate_on_the_bundled_model(bundled, demo):
     model, tokenizer = bundled
     same_tokens(model, tokenizer, prompts(tokenizer, demo, 4), new_tokens=16, **SETTINGS[0])
@@ -83,13 +84,13 @@ def test_lean_matches_generate_on_the_bundled_model(bundled, demo):
 def test_sampling_uses_merged_weights_and_leaves_the_model_untouched(tokenizer, demo):
     model = perturbed_student(tiny_llama(tokenizer))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    merged = decode.merged_weights(model)
+    merged = sampler.merged_weights(model)
     q = model.get_base_model().model.layers[0].self_attn.q_proj
-    assert len(merged) == len(decode.lora_layers(model)) == 14  # 7 projections × 2 layers
+    assert len(merged) == len(sampler.lora_layers(model)) == 14  # 7 projections × 2 layers
     torch.testing.assert_close(merged[q], q.base_layer.weight + q.lora_B["default"].weight
                                @ q.lora_A["default"].weight * q.scaling["default"])
     same_tokens(model, tokenizer, prompts(tokenizer, demo), **SETTINGS[0])  # lean (merged) = generate (adapter)
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # the base, bit for bit
     with teacher_view(model, "base"):
-        assert decode.merged_weights(model) == {}  # adapter off: nothing to merge
-    assert decode.merged_weights(model.to(torch.bfloat16)) == {}  # half precision keeps the adapter path
+        assert sampler.merged_weights(model) == {}  # adapter off: nothing to merge
+    assert sampler.merged_weights(model.to(torch.bfloat16)) == {}  # half precision keeps the adapter path

@@ -1,0 +1,86 @@
+"""Knowledge injection (data/knowledge/facts.jsonl): training examples, held-out QA items, and strict /
+lenient accuracy per kind (direct / indirect / OOD), with the teacher ceiling (the passage in context).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..data import DATA_DIR, DataError, Example
+from ..models import teacher_view
+from ..prompts import encode, fill, render_chat
+from ..rollout import greedy_texts
+
+CONTEXT_TEMPLATE = "Here is some background information:\n{demonstration}\n\nQuestion: {question}"
+
+
+@dataclass
+class QAItem:
+    fact: str
+    kind: str  # "direct" | "indirect" | "ood"
+    question: str
+    answers: list[str]  # accepted, canonical first
+    wrong: list[str]  # plausible wrong answers: their presence contradicts the fact
+    passage: str
+
+
+@dataclass
+class Knowledge:
+    train: list[Example]
+    eval: list[QAItem]
+    passages: dict[str, str] = field(default_factory=dict)
+
+
+def load_knowledge(path: str | Path = DATA_DIR / "knowledge" / "facts.jsonl") -> Knowledge:
+    """Training examples (two per fact, each other's second reference) and held-out QA items."""
+    train, items, passages = [], [], {}
+    for lineno, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            fact = json.loads(line)
+            fid, passage = fact["id"], fact["passage"]
+            demos = [t["demonstration"] for t in fact["train"]]
+            for j, t in enumerate(fact["train"]):
+                train.append(Example(t["question"], t["demonstration"], id=f"{fid}-t{j}",
+                                     answer=fact["eval"][0]["answers"][0],
+                                     references=[d for d in demos if d != t["demonstration"]][:1],
+                                     metadata={"fact": fid}))
+            items += [QAItem(fid, e["kind"], e["question"], e["answers"], e.get("wrong", []), passage) for e in fact["eval"]]
+            passages[fid] = passage
+        except (KeyError, TypeError, IndexError, json.JSONDecodeError) as err:
+            raise DataError(f"{path}:{lineno}: not a valid fact record ({type(err).__name__}: {err}).") from None
+    return Knowledge(train, items, passages)
+
+
+def score_qa(text: str, answers: list[str], wrong: list[str]) -> tuple[float, float]:
+    """(strict, lenient): lenient = an accepted answer appears; strict = that, and no wrong answer appears."""
+    t = text.lower()
+    lenient = any(a.lower() in t for a in answers)
+    strict = lenient and not any(w.lower() in t for w in wrong)
+    return float(strict), float(lenient)
+
+
+def qa_accuracy(model, tokenizer, items: list[QAItem], with_passage: bool = False, max_new_tokens: int = 32,
+                batch_size: int = 16, teacher_kind: str = "base") -> dict:
+    """Strict and lenient accuracy per kind (and "all"). with_passage=True is the teacher ceiling:
+    the teacher view with the fact's source passage in its context."""
+    if with_passage:
+        prompts = [encode(tokenizer, render_chat(tokenizer, fill(CONTEXT_TEMPLATE, it.question, it.passage)))
+                   for it in items]
+        with teacher_view(model, teacher_kind):
+            texts = greedy_texts(model, tokenizer, prompts, max_new_tokens, batch_size, "QA eval (ceiling)")
+    else:
+        prompts = [encode(tokenizer, render_chat(tokenizer, it.question)) for it in items]
+        texts = greedy_texts(model, tokenizer, prompts, max_new_tokens, batch_size, "QA eval")
+    scores = [score_qa(t, it.answers, it.wrong) for t, it in zip(texts, items)]
+    out = {}
+    for kind in ("direct", "indirect", "ood", "all"):
+        sel = [s for s, it in zip(scores, items) if kind in ("all", it.kind)]
+        if sel:
+            out[kind] = {"strict": statistics.fmean(s for s, _ in sel), "lenient": statistics.fmean(l for _, l in sel)}
+    out["samples"] = [{"question": it.question, "answer": t} for it, t in list(zip(items, texts))[:6]]
+    return out

@@ -1,0 +1,3 @@
+from .runs import main
+
+main()

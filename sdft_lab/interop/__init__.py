@@ -1,0 +1,1 @@
+"""Moving between sdft_lab and other tools: TRL's SDFTTrainer (trl.py)."""

@@ -1,0 +1,28 @@
+"""The set-up every notebook starts with: smoke or workshop mode, and where runs are written.
+
+    from sdft_lab.lab import setup
+    SMOKE, RUNS = setup()
+
+SMOKE is true when SDFT_LAB_SMOKE=1 (the test suite runs every notebook that way, in a minute or two);
+RUNS is SDFT_LAB_RUNS if set, else the repository's runs/ folder seen from notebooks/ (../runs).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+
+class Lab(NamedTuple):
+    smoke: bool
+    runs: Path
+
+
+def setup() -> Lab:
+    smoke = os.environ.get("SDFT_LAB_SMOKE") == "1"
+    cwd = Path.cwd()
+    default = cwd.parent / "runs" if cwd.name == "notebooks" else cwd / "runs"
+    runs = Path(os.environ.get("SDFT_LAB_RUNS", default))
+    runs.mkdir(parents=True, exist_ok=True)
+    return Lab(smoke, runs)

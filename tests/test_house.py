@@ -1,0 +1,49 @@
+"""The house rules a newcomer relies on: the core imports no tool, docs links resolve, the README stays short."""
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent.parent
+PACKAGE = ROOT / "sdft_lab"
+TOOLS = ("inspect", "eval", "experiments", "interop", "cli", "demo", "lab")
+CORE = sorted(p for p in PACKAGE.glob("*.py") if p.stem not in TOOLS + ("__init__",))
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every sdft_lab module a file imports (relative imports resolved), at any depth of the file."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                names.add((node.module or "").split(".")[0] or node.names[0].name)
+            elif (node.module or "").startswith("sdft_lab."):
+                names.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            names |= {a.name.split(".")[1] for a in node.names if a.name.startswith("sdft_lab.")}
+    return names
+
+
+@pytest.mark.parametrize("path", CORE, ids=lambda p: p.name)
+def test_the_core_imports_no_tool(path):
+    assert not imported_modules(path) & set(TOOLS), f"{path.name} imports {imported_modules(path) & set(TOOLS)}"
+
+
+def test_the_check_can_fail():
+    assert "inspect" in imported_modules(PACKAGE / "demo.py")  # a tool that does import a tool is seen
+
+
+@pytest.mark.parametrize("doc", [ROOT / "README.md", ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").glob("*.md"))],
+                         ids=lambda p: p.name)
+def test_every_relative_link_resolves(doc):
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", doc.read_text())
+    missing = [link for link in links if "://" not in link and not (doc.parent / link).exists()]
+    assert not missing, f"{doc.name}: {missing}"
+
+
+def test_the_readme_stays_short_and_names_no_design_notes():
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 200
+    assert "DESIGN.md" not in text
