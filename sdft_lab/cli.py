@@ -4,6 +4,7 @@
     sdft-lab train --config run.yaml --lr 5e-4                   a YAML / JSON config; flags override it
     sdft-lab eval --adapter runs/cli/adapter --probes --knowledge
     sdft-lab diff --data demo-heldout --example 0 --out diff.html
+    sdft-lab data my_data.jsonl --columns question=instruction  what a data file holds, as sdft_lab reads it
     sdft-lab export-trl --data demo --out runs/trl-export        a dataset and config for TRL's SDFTTrainer
     sdft-lab demo | preflight | experiment ...                   the module scripts, same flags
 
@@ -24,7 +25,7 @@ from .config import SECTIONS, ConfigError, RunConfig, read_file
 from .data import Example, load_dataset
 from .sdft import SDFTConfig
 
-TOP_LEVEL = ("method", "model", "quantization", "data", "out")
+TOP_LEVEL = ("method", "model", "quantization", "data", "data_format", "columns", "out")
 # (flag, dotted config key, type or choices, help); a flag that is not given leaves the config file's value
 CONFIG_FLAGS = {
     "training (TrainConfig)": [
@@ -78,7 +79,11 @@ def resolve(args: argparse.Namespace) -> RunConfig:
 def add_config_flags(p: argparse.ArgumentParser) -> None:
     """Flags for the settings people change most; anything else goes in --config, whose values they override."""
     p.add_argument("--config", type=Path, help="a YAML or JSON file (`sdft-lab --help` lists its keys)")
-    p.add_argument("--data", help="a bundled set (demo, toolcall, science, …) or a jsonl path [demo]")
+    p.add_argument("--data", help="a bundled set (demo, toolcall, science, …) or a .jsonl/.json/.csv/.parquet file [demo]")
+    p.add_argument("--data-format", choices=["sdft", "trl", "chat", "prompt_completion"],
+                   help="the data's format [detected from its columns]")
+    p.add_argument("--columns", type=columns_arg, metavar="FIELD=COLUMN,…",
+                   help="read Example fields from other columns, e.g. question=instruction,demonstration=output")
     p.add_argument("--model", help="'bundled', a local folder or a hub id in the local cache [bundled]")
     p.add_argument("--method", choices=["sdft", "sft"], help="[sdft]")
     p.add_argument("--quantization", choices=["auto", "nf4", "none"], help="auto = NF4 on CUDA, fp32 on CPU [auto]")
@@ -97,6 +102,13 @@ def default_of(dest: str):
     for part in path:
         value = getattr(value, part)
     return value
+
+
+def columns_arg(text: str) -> dict[str, str]:
+    pairs = [part.split("=", 1) for part in text.split(",") if part]
+    if not all(len(p) == 2 and p[0] and p[1] for p in pairs):
+        raise argparse.ArgumentTypeError(f"expected FIELD=COLUMN pairs separated by commas, got {text!r}")
+    return dict(pairs)
 
 
 def add_model_flags(p: argparse.ArgumentParser) -> None:
@@ -129,7 +141,7 @@ def train(args: argparse.Namespace) -> dict:
 
     cfg = resolve(args)
     out = Path(cfg.out)
-    examples = load_dataset(cfg.data)
+    examples = cfg.examples()
     model, tok = load_model(cfg.model, cfg.quantization)
     model = add_student(model, cfg.student, seed=cfg.train.seed)
     trainer = Trainer(model, tok, cfg.objective(), examples, cfg.train, preflight=quick_check)
@@ -206,6 +218,22 @@ def diff(args: argparse.Namespace) -> dict:
     return summary
 
 
+def data(args: argparse.Namespace) -> str:
+    from transformers import AutoTokenizer
+
+    from .bundled import BUNDLED, bundled_path
+    from .data import DataError
+    from .inspect.dataset import describe
+
+    tok = AutoTokenizer.from_pretrained(bundled_path() if args.model == BUNDLED else args.model)
+    try:
+        text = describe(args.file, tok, format=args.data_format, **(args.columns or {}))
+    except (DataError, FileNotFoundError) as err:
+        raise SystemExit(f"error: {err}") from None
+    print(text)
+    return text
+
+
 def export_trl(args: argparse.Namespace) -> dict:
     from transformers import AutoTokenizer
 
@@ -217,7 +245,7 @@ def export_trl(args: argparse.Namespace) -> dict:
         raise SystemExit("error: only SDFT exports to TRL's SDFTTrainer (for SFT, use TRL's SFTTrainer).")
     tok = AutoTokenizer.from_pretrained(bundled_path() if cfg.model == BUNDLED else cfg.model)
     try:
-        config = export(load_dataset(cfg.data), tok, cfg.out, cfg.sdft, cfg.train, cfg.student)
+        config = export(cfg.examples(), tok, cfg.out, cfg.sdft, cfg.train, cfg.student)
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
     kw = config["sdft_config"]
@@ -266,6 +294,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("diff.html"))
     p.set_defaults(run=diff)
+
+    p = sub.add_parser("data", help="what a data file holds: format, counts, token lengths, trimmed prompts")
+    p.add_argument("file", help="a bundled set or a .jsonl / .json / .csv / .parquet file")
+    p.add_argument("--data-format", choices=["sdft", "trl", "chat", "prompt_completion"], help="[detected]")
+    p.add_argument("--columns", type=columns_arg, metavar="FIELD=COLUMN,…", help="as for train")
+    p.add_argument("--model", default="bundled", help="whose tokenizer counts the tokens [bundled]")
+    p.set_defaults(run=data)
 
     p = sub.add_parser("export-trl", help="a dataset and SDFTConfig for TRL's SDFTTrainer")
     add_config_flags(p)

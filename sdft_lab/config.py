@@ -17,6 +17,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .data import Example, load_dataset
 from .models import StudentConfig
 from .sdft import SDFT, SDFTConfig
 from .sft import SFT, SFTConfig
@@ -36,7 +37,9 @@ class RunConfig:
     method: str = "sdft"  # "sdft" or "sft"
     model: str = "bundled"  # "bundled", a preset (presets.PRESETS), a local folder or a hub id in the local cache
     quantization: str = "auto"  # "auto" = NF4 on CUDA, fp32 on the CPU; "nf4"; "none"
-    data: str = "demo"  # a bundled set (demo, toolcall, science, …) or a jsonl path
+    data: str = "demo"  # a bundled set (demo, toolcall, science, …) or a .jsonl / .json / .csv / .parquet file
+    data_format: str | None = None  # "sdft", "trl", "chat", "prompt_completion"; None detects it from the columns
+    columns: dict[str, str] = field(default_factory=dict)  # Example field → column, e.g. {"question": "instruction"}
     out: str = "runs/cli"  # adapter/, metrics.jsonl, config.json, checkpoints/
     train: TrainConfig = field(default_factory=TrainConfig)
     sdft: SDFTConfig = field(default_factory=SDFTConfig)
@@ -48,6 +51,9 @@ class RunConfig:
             raise ConfigError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.quantization not in QUANTIZATIONS:
             raise ConfigError(f"quantization must be one of {QUANTIZATIONS}, got {self.quantization!r}")
+
+    def examples(self) -> list[Example]:
+        return load_dataset(self.data, self.data_format, **self.columns)
 
     def objective(self) -> SDFT | SFT:
         return SDFT(self.sdft) if self.method == "sdft" else SFT(self.sft)

@@ -77,8 +77,13 @@ def encode(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def system_of(ex: Example, cfg: PromptConfig) -> str | None:
+    """The example's own system prompt (from a chat or TRL dataset), else the configured one."""
+    return ex.system if ex.system is not None else cfg.system
+
+
 def student_ids(tokenizer, ex: Example, cfg: PromptConfig) -> list[int]:
-    ids = encode(tokenizer, render_chat(tokenizer, ex.question, cfg.system))
+    ids = encode(tokenizer, render_chat(tokenizer, ex.question, system_of(ex, cfg)))
     if len(ids) > cfg.max_prompt_tokens:
         raise ValueError(
             f"Example {ex.id!r}: the question needs {len(ids)} tokens, over max_prompt_tokens="
@@ -93,7 +98,7 @@ def teacher_ids(tokenizer, ex: Example, cfg: PromptConfig, demonstration: str | 
     limit = cfg.max_teacher_prompt_tokens
 
     def build(d: str) -> list[int]:
-        return encode(tokenizer, render_chat(tokenizer, fill(cfg.teacher_template, ex.question, d), cfg.system))
+        return encode(tokenizer, render_chat(tokenizer, fill(cfg.teacher_template, ex.question, d), system_of(ex, cfg)))
 
     ids = build(demo)
     if len(ids) <= limit:

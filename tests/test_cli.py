@@ -127,3 +127,25 @@ def test_eval_runs_lm_eval_tasks_through_the_harness_bridge(tiny_dir):
     assert "retention_probes" not in results  # only what was asked for
     assert 0 <= results["lm_eval"]["sdft_lab_probes"]["acc"] <= 1
 
+
+
+def test_data_describes_a_trl_file_and_train_maps_columns_from_yaml(tiny_dir, tmp_path, capsys):
+    rows = [{"prompt": [{"role": "user", "content": f"Q{i}?"}], "privileged_context": f"Answer {i}."} for i in range(3)]
+    (tmp_path / "trl.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = run(["data", str(tmp_path / "trl.jsonl"), "--model", tiny_dir])
+    assert text.startswith("3 examples, format trl") and "teacher prompt tokens: min" in text
+
+    (tmp_path / "alpaca.jsonl").write_text("".join(json.dumps({"instruction": f"Q{i}?", "output": f"A{i}."}) + "\n"
+                                                   for i in range(3)))
+    (tmp_path / "run.yaml").write_text(f"method: sft\ndata: {tmp_path / 'alpaca.jsonl'}\n"
+                                       "columns: {question: instruction, demonstration: output}\n"
+                                       "train: {steps: 1, batch_size: 2, preflight: false}\n")
+    result = run(["train", "--config", str(tmp_path / "run.yaml"), "--model", tiny_dir, "--out", str(tmp_path / "o")])
+    assert len(result["history"]) == 1
+    assert json.loads((tmp_path / "o" / "config.json").read_text())["columns"] == {"question": "instruction",
+                                                                                  "demonstration": "output"}
+    text = run(["data", str(tmp_path / "alpaca.jsonl"), "--model", tiny_dir, "--columns",
+                "question=instruction,demonstration=output"])
+    assert "format sdft (columns: question ← instruction, demonstration ← output)" in text
+    with pytest.raises(SystemExit, match="cannot tell the format"):
+        run(["data", str(tmp_path / "alpaca.jsonl"), "--model", tiny_dir])

@@ -3,6 +3,7 @@
 import json
 import math
 import warnings
+from dataclasses import replace
 
 import pytest
 import torch
@@ -106,3 +107,13 @@ def test_trl_sdft_trainer_runs_one_step_on_the_export(tokenizer, demo, tmp_path)
     assert trainer.state.global_step == 1 and math.isfinite(result.training_loss)
     after = dict(trainer.model.named_parameters())
     assert any(not torch.equal(after[n], b) for n, b in before.items())  # the adapter moved
+
+
+def test_an_export_loads_back_into_the_same_examples(tokenizer, demo, tmp_path):
+    from sdft_lab.interop.trl import load_export
+
+    examples = [replace(ex, system="Answer briefly.") if i == 0 else ex for i, ex in enumerate(demo[:4])]
+    export(examples, tokenizer, tmp_path, SDFTConfig(max_new_tokens=8))
+    back = load_export(tmp_path)
+    assert [(e.id, e.question, e.demonstration, e.system) for e in back] == \
+        [(e.id, e.question, e.demonstration, e.system) for e in examples]

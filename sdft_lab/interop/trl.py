@@ -37,10 +37,10 @@ import warnings
 from dataclasses import asdict
 from pathlib import Path
 
-from ..data import Example
+from ..data import DataError, Example, load_dataset
 from ..losses import DivergenceConfig
 from ..models import StudentConfig
-from ..prompts import chat_messages, fill, student_ids
+from ..prompts import chat_messages, fill, student_ids, system_of
 from ..sdft import SDFTConfig
 from ..trainer import TrainConfig
 
@@ -94,7 +94,7 @@ def records(examples: list[Example], tokenizer, sdft: SDFTConfig) -> list[dict]:
     _, context = split_template(sdft.prompts.teacher_template)
     for ex in examples:
         student_ids(tokenizer, ex, sdft.prompts)  # a question over max_prompt_tokens is an error here too
-    return [{"id": ex.id, "prompt": chat_messages(ex.question, sdft.prompts.system),
+    return [{"id": ex.id, "prompt": chat_messages(ex.question, system_of(ex, sdft.prompts)),
              "privileged_context": fill(context, ex.question, ex.demonstration)} for ex in examples]
 
 
@@ -179,3 +179,20 @@ def load_for_trl(folder: str | Path, output_dir: str, **overrides):
     rows = [json.loads(line) for line in (folder / DATA_FILE).read_text(encoding="utf-8").splitlines() if line]
     args = TRLConfig(output_dir=output_dir, **{**config["sdft_config"], **overrides})
     return args, LoraConfig(**config["lora_config"]), Dataset.from_list(rows)
+
+
+def load_export(folder: str | Path) -> list[Example]:
+    """The examples back from an export: TRL's rows with the privileged-context template taken off again, so
+    data moves both ways (question, demonstration, system and id; answers and references stay in sdft_lab)."""
+    folder = Path(folder)
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    _, context = split_template(config["source"]["sdft"]["prompts"]["teacher_template"])
+    before, after = context.split("{demonstration}")
+    examples = load_dataset(folder / DATA_FILE, format="trl")
+    for ex in examples:
+        text = ex.demonstration
+        if not (text.startswith(before) and text.endswith(after)):
+            raise DataError(f"{folder / DATA_FILE}: example {ex.id!r}: its privileged_context does not follow the "
+                            "template in trl_config.json; was the file edited by hand?")
+        ex.demonstration = text[len(before): len(text) - len(after)]
+    return examples
