@@ -3,8 +3,9 @@
     accelerate launch --multi_gpu --num_processes 2 tests/dist_worker.py OUT --batch-size 2
     python tests/dist_worker.py OUT --batch-size 4          # the same run on one process
 
-Writes OUT/rank{R}.json (the example ids of every micro-batch this process trained on, its rollouts,
-the step losses) and OUT/rank{R}.safetensors (its adapters after training).
+Real sampling (temperature 1). Writes OUT/rank{R}.json (the example ids of every micro-batch this process
+trained on, the rollout seeds and rollouts, the step losses) and OUT/rank{R}.safetensors (its adapters after
+training, and its gradients of the first step before and after the average over the processes).
 """
 
 import argparse
@@ -18,42 +19,51 @@ from safetensors.torch import save_file
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import tiny_llama  # noqa: E402
 
-from sdft_lab import SDFT, SDFTConfig, TrainConfig, Trainer, add_student, load_dataset  # noqa: E402
+from sdft_lab import SDFT, SDFTConfig, TrainConfig, Trainer, add_student, distributed, load_dataset  # noqa: E402
 from sdft_lab.checkpoint import adapter_tensors  # noqa: E402
 
 STEPS, GRAD_ACCUM = 2, 2
-# Near-greedy sampling: a rollout then depends on its prompt only, not on the seed or on its batch-mates,
-# so the processes' rollouts are the ones a single process would sample for the combined batch.
-CFG = SDFTConfig(max_new_tokens=6, temperature=1e-6, skip_first=0, teacher="ema", ema_rate=0.5)
+CFG = SDFTConfig(max_new_tokens=6, skip_first=0, teacher="ema", ema_rate=0.5)
 
 
 class Recording(SDFT):
-    """SDFT that remembers which examples it trained on and what it sampled."""
+    """SDFT that remembers which examples it trained on, with which rollout seeds, and what it sampled."""
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        self.batches, self.rollouts = [], {}
+        self.batches, self.seeds, self.rollouts = [], [], []
 
-    def score(self, model, tokenizer, examples, seed=None):
-        scored = super().score(model, tokenizer, examples, seed)
+    def score(self, model, tokenizer, examples, seed=None, completions=None, demonstration=True):
+        scored = super().score(model, tokenizer, examples, seed, completions, demonstration)
         self.batches.append([ex.id for ex in examples])
-        self.rollouts.update({ex.id: ids for ex, ids in zip(examples, scored.completions.ids.tolist())})
+        self.seeds.append(seed)
+        self.rollouts.append(scored.completions.ids.tolist())
         return scored
 
 
 def run(out: Path, tokenizer, batch_size: int, lora_seed: int) -> dict:
-    model = tiny_llama(tokenizer, seed=0)
-    torch.manual_seed(lora_seed)  # a different LoRA init per process: the Trainer must broadcast the main one's
-    model = add_student(model)
+    model = add_student(tiny_llama(tokenizer, seed=0), seed=lora_seed)  # per process: the Trainer must broadcast
+    grads: dict[str, torch.Tensor] = {}
+    average = distributed.Group.average_gradients_
+
+    def recording_average(group, params):  # the first step's gradients, before and after the all-reduce
+        first = not grads
+        if first:
+            grads.update({f"local.{i}": p.grad.detach().clone() for i, p in enumerate(params) if p.grad is not None})
+        average(group, params)
+        if first:
+            grads.update({f"averaged.{i}": p.grad.detach().clone() for i, p in enumerate(params) if p.grad is not None})
+
+    distributed.Group.average_gradients_ = recording_average
     objective = Recording(CFG)
     trainer = Trainer(model, tokenizer, objective, load_dataset("demo"),
                       TrainConfig(steps=STEPS, batch_size=batch_size, grad_accum=GRAD_ACCUM, lr=1e-2, preflight=False))
     losses = [r["loss"] for r in trainer.train()]
     result = {"rank": trainer.group.rank, "world": trainer.group.world, "batches": objective.batches,
-              "rollouts": objective.rollouts, "losses": losses}
+              "seeds": objective.seeds, "rollouts": objective.rollouts, "losses": losses}
     out.mkdir(parents=True, exist_ok=True)
     (out / f"rank{trainer.group.rank}.json").write_text(json.dumps(result))
-    save_file(adapter_tensors(model), out / f"rank{trainer.group.rank}.safetensors")
+    save_file({**adapter_tensors(model), **grads}, out / f"rank{trainer.group.rank}.safetensors")
     return result
 
 

@@ -1,10 +1,14 @@
 """Evaluations: QA scoring by hand, scorers, multiple-choice retention, the bundled data sets."""
 
+from dataclasses import replace
+
 import pytest
 
 from sdft_lab import Example
 from sdft_lab.eval import (Probe, QAItem, RetentionCallback, load_knowledge, load_probes, mc_accuracy, qa_accuracy,
                             science_answer, score_qa)
+from sdft_lab.prompts import encode, render_chat
+from sdft_lab.rollout import completions_from_ids, mean_logp
 
 
 @pytest.mark.parametrize("text, strict, lenient", [
@@ -57,10 +61,6 @@ def test_qa_and_mc_on_the_tiny_model(tiny):
         assert all(0 <= res[k][s] <= 1 for k in ("direct", "all") for s in ("strict", "lenient"))
     probes = [Probe(f"p{i}", cat, "Which is a colour?", ["red", "table", "seven", "run"], i % 4)
               for i, cat in enumerate(["a", "a", "b", "b"])]
-    acc = mc_accuracy(model, tok, probes, batch_size=3)
-    assert set(acc) == {"a", "b", "overall"} and acc["overall"] in (0.0, 0.25, 0.5, 0.75, 1.0)
-    # the same question with the answer moved: a model that scores options alike gets exactly 1 of 4 right
-    assert acc["overall"] == 0.25
     callback = RetentionCallback(model, tok, probes, every=2)
     callback({"step": 1}), callback({"step": 2})
     assert [c["step"] for c in callback.curve] == [0, 2]
@@ -72,3 +72,28 @@ def test_base_model_is_above_chance_on_the_retention_probes(bundled):
     acc = mc_accuracy(model, tok, load_probes())
     # chance is 0.25; measured: overall 0.65 (format 0.67, knowledge 0.40, logic 0.80, arithmetic 0.73)
     assert acc["overall"] > 0.5 and all(acc[c] > 0.3 for c in ("format", "knowledge", "logic", "arithmetic")), acc
+
+
+def option_scores_one_by_one(model, tok, probe):
+    """Each option's mean log-prob as the reply to the question, scored alone (no batching to misalign)."""
+    prompt = encode(tok, render_chat(tok, probe.question))
+    return [mean_logp(model, [prompt], completions_from_ids([encode(tok, o)], tok, [], tok.pad_token_id)).item()
+            for o in probe.options]
+
+
+def test_mc_accuracy_picks_the_best_scored_option_of_each_probe_and_follows_a_permutation(tiny):
+    """Probes of different sizes in one batch stream: the chosen option must be each probe's own best one, and
+    moving the options around must move the choice with them (a misaligned batch would pick another probe's)."""
+    model, tok = tiny
+    questions = ["Which is a colour?", "Name a large animal.", "What is two plus two?", "Which city is old?",
+                 "Pick a fruit.", "What do birds do?"]
+    options = [["red", "table", "seven"], ["an elephant", "a spoon", "blue", "quietly"], ["four", "dog"],
+               ["Rome", "Tuesday", "pencil"], ["apple", "car", "sing", "cloud", "nine"], ["fly", "melt", "paper"]]
+    best = [max(range(len(o)), key=lambda k, q=q, o=o: option_scores_one_by_one(model, tok, Probe("", "", q, o, 0))[k])
+            for q, o in zip(questions, options)]
+    probes = [Probe(f"p{i}", "c", q, o, b) for i, (q, o, b) in enumerate(zip(questions, options, best))]
+    assert mc_accuracy(model, tok, probes, batch_size=5)["overall"] == 1.0  # 5 does not divide the 18 options
+    wrong = [replace(p, answer=(p.answer + 1) % len(p.options)) for p in probes]
+    assert mc_accuracy(model, tok, wrong, batch_size=5)["overall"] == 0.0
+    rotated = [replace(p, options=p.options[1:] + p.options[:1], answer=(p.answer - 1) % len(p.options)) for p in probes]
+    assert mc_accuracy(model, tok, rotated, batch_size=5)["overall"] == 1.0

@@ -3,10 +3,12 @@
 import pytest
 import torch
 
-from sdft_lab import SDFT, SFT, Example, SDFTConfig, TrainConfig, Trainer, evaluate_kl, sample
-from sdft_lab.models import EMA, STUDENT, decoder, teacher_view
+from sdft_lab import SDFT, SFT, Example, SDFTConfig, TrainConfig, Trainer, add_student, evaluate_kl, sample
+from sdft_lab.models import EMA, STUDENT, add_ema_teacher, decoder, teacher_view
 from sdft_lab.prompts import PromptConfig, student_ids
 from sdft_lab.rollout import completion_hidden, completions_from_ids
+
+from conftest import tiny_llama
 
 
 def base_and_adapter(model):
@@ -88,20 +90,44 @@ def test_scoring_a_padded_batch_matches_scoring_alone(tiny):
             assert torch.allclose(batched[i, :n], alone, atol=1e-5)
 
 
-def test_teacher_view_turns_the_adapter_off(tiny):
+def test_teacher_view_turns_the_adapter_off(tiny, tokenizer):
     model, tok = tiny
     for p in model.parameters():  # make the adapter non-zero so that it matters
         if p.requires_grad:
             torch.nn.init.normal_(p, std=0.5)
     ids = torch.tensor([[1, 20, 30, 40]])
+    untouched = tiny_llama(tokenizer)  # the same seed builds the same base, never wrapped by peft
     with torch.no_grad():
         student = model(input_ids=ids).logits
         with teacher_view(model, "base"):
             teacher = model(input_ids=ids).logits
-        base = model.get_base_model()
-        with model.disable_adapter():
-            plain = base(input_ids=ids).logits
+        plain = untouched(input_ids=ids).logits
     assert not torch.allclose(student, teacher) and torch.equal(teacher, plain)
+
+
+def test_the_ema_teacher_view_scores_with_the_ema_adapter(tiny, tokenizer):
+    """Not the student and not the base: a model whose only adapter holds the EMA weights gives the same logits."""
+    model, tok = tiny
+    add_ema_teacher(model)
+    named = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, p in named.items():
+            if f".{STUDENT}." in name:
+                p.normal_(0, 0.5)  # the student moves away …
+                named[name.replace(f".{STUDENT}.", f".{EMA}.")].copy_(p * 0.3)  # … and the EMA holds other weights
+    ids = torch.tensor([[1, 20, 30, 40]])
+    with torch.no_grad():
+        with teacher_view(model, "ema"):
+            ema = model(input_ids=ids).logits
+        student = model(input_ids=ids).logits
+        reference = add_student(tiny_llama(tokenizer))  # the same LoRA settings, its adapter set to the EMA's
+        ref_params = dict(reference.named_parameters())
+        for name, p in named.items():
+            if f".{EMA}." in name:
+                ref_params[name.replace(f".{EMA}.", f".{STUDENT}.")].copy_(p)
+        expected = reference(input_ids=ids).logits
+    torch.testing.assert_close(ema, expected, rtol=0, atol=1e-6)
+    assert not torch.allclose(ema, student, atol=1e-3)
 
 
 def test_ema_teacher_follows_the_student(tiny, demo):
