@@ -42,8 +42,9 @@ def test_sigkill_then_resume_gives_the_same_losses(tmp_path):
 
     run = subprocess.Popen([sys.executable, WORKER, tmp_path / "b", tmp_path / "b.jsonl", str(steps), "--pause", "0.5"],
                            env=env)
-    deadline = time.time() + 120
-    while checkpoint.latest(tmp_path / "b") is None or checkpoint.latest(tmp_path / "b").name < "step-000003":
+    deadline, log = time.time() + 120, tmp_path / "b.jsonl"
+    # wait for the third logged step (its checkpoint is written before its log line), then kill mid-run
+    while not log.exists() or log.read_text().count("\n") < 3:
         assert run.poll() is None and time.time() < deadline, "the worker ended before it could be killed"
         time.sleep(0.05)
     run.send_signal(signal.SIGKILL)
@@ -174,12 +175,16 @@ def test_resume_from_an_incomplete_checkpoint(tiny, demo, tmp_path):
 
 
 @pytest.mark.slow
-def test_unreachable_model_id_says_offline_and_suggests_bundled(tmp_path):
-    code = "from sdft_lab import load; load('no-such-org/no-such-model-xyz')"
+@pytest.mark.parametrize("name, says", [
+    ("no-such-org/no-such-model-xyz", "OSError: Could not load 'no-such-org/no-such-model-xyz'"),
+    ("qwen2.5-1.5b", "hf download Qwen/Qwen2.5-1.5B-Instruct"),  # a preset: how to fetch it
+])
+def test_unreachable_model_says_offline_and_suggests_bundled(tmp_path, name, says):
+    code = f"from sdft_lab import load; load({name!r})"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.returncode != 0
-    assert "OSError: Could not load 'no-such-org/no-such-model-xyz'" in out.stderr and "load('bundled')" in out.stderr
+    assert says in out.stderr and "load('bundled')" in out.stderr
 
 
 # ---------------------------------------------------------------------------- safe loading
