@@ -149,3 +149,13 @@ def test_data_describes_a_trl_file_and_train_maps_columns_from_yaml(tiny_dir, tm
     assert "format sdft (columns: question ← instruction, demonstration ← output)" in text
     with pytest.raises(SystemExit, match="cannot tell the format"):
         run(["data", str(tmp_path / "alpaca.jsonl"), "--model", tiny_dir])
+
+
+def test_the_shipped_config_file_is_a_valid_run_config():
+    from pathlib import Path
+
+    from sdft_lab import RunConfig
+
+    cfg = RunConfig.from_file(Path(__file__).parent.parent / "configs" / "quickstart.yaml")
+    assert (cfg.method, cfg.train.steps, cfg.sdft.max_new_tokens, cfg.student.r) == ("sdft", 10, 64, 16)
+    assert cfg.train.checkpoint_dir == "runs/quickstart/checkpoints"
