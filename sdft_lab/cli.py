@@ -6,6 +6,7 @@
     sdft-lab diff --data demo-heldout --example 0 --out diff.html
     sdft-lab data my_data.jsonl --columns question=instruction  what a data file holds, as sdft_lab reads it
     sdft-lab export-trl --data demo --out runs/trl-export        a dataset and config for TRL's SDFTTrainer
+    sdft-lab report runs/cli                                     rebuild a run's report.html and report.md
     sdft-lab demo | preflight | experiment ...                   the module scripts, same flags
 
 A config file is a RunConfig (config.py): method, model, quantization, data, out, and the sections train
@@ -19,6 +20,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from .config import SECTIONS, ConfigError, RunConfig, read_file
@@ -144,18 +146,18 @@ def train(args: argparse.Namespace) -> dict:
     examples = cfg.examples()
     model, tok = load_model(cfg.model, cfg.quantization)
     model = add_student(model, cfg.student, seed=cfg.train.seed)
-    trainer = Trainer(model, tok, cfg.objective(), examples, cfg.train, preflight=quick_check)
+    trainer = Trainer(model, tok, cfg.objective(), examples, replace(cfg.train, run_dir=str(out)),
+                      preflight=quick_check, config=cfg.to_dict())
     if args.resume:
         trainer.resume()
     t0 = time.perf_counter()
     history = trainer.train()
     trainer.save_adapter(out / "adapter")
-    if trainer.group.is_main:
-        (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in trainer.history))
+    if trainer.group.is_main:  # the trainer wrote metrics.jsonl, run.json and the report
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
         last = history[-1] if history else {}
         print(f"{cfg.method}: {len(history)} steps in {time.perf_counter() - t0:.0f} s; last loss "
-              f"{last.get('loss', float('nan')):.4f}. Adapter, metrics.jsonl and config.json in {out}/")
+              f"{last.get('loss', float('nan')):.4f}. Adapter, metrics.jsonl, config.json and report.html in {out}/")
     return {"history": history, "out": str(out)}
 
 
@@ -255,6 +257,17 @@ def export_trl(args: argparse.Namespace) -> dict:
     return config
 
 
+def rebuild_report(args: argparse.Namespace) -> dict:
+    from .report import render
+
+    try:
+        page, md = render(args.run_dir)
+    except FileNotFoundError as err:
+        raise SystemExit(f"error: {err}") from None
+    print(f"Wrote {page} and {md}")
+    return {"html": str(page), "md": str(md)}
+
+
 # ----------------------------------------------------------------------------
 
 
@@ -265,7 +278,7 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train an SDFT or SFT adapter")
     add_config_flags(p)
-    p.add_argument("--out", help="output folder: adapter/, metrics.jsonl, config.json [runs/cli]")
+    p.add_argument("--out", help="output folder: adapter/, metrics.jsonl, config.json, report.html [runs/cli]")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in OUT/checkpoints")
     p.add_argument("--no-preflight", dest="train.preflight", action="store_false", default=argparse.SUPPRESS,
                    help="skip the check that the teacher gains from the demonstrations")
@@ -306,6 +319,10 @@ def parser() -> argparse.ArgumentParser:
     add_config_flags(p)
     p.add_argument("--out", help="output folder [runs/cli]")
     p.set_defaults(run=export_trl)
+
+    p = sub.add_parser("report", help="rebuild report.html and report.md of a run folder from its saved files")
+    p.add_argument("run_dir", type=Path, help="a folder that train, make demo or an experiment wrote")
+    p.set_defaults(run=rebuild_report)
 
     for name, module in PASSTHROUGH.items():
         sub.add_parser(name, add_help=False, help=f"python -m {module} (its own flags; {name} --help)")

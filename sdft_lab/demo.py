@@ -13,12 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from .config import RunConfig
 from .data import load_dataset
 from .inspect.preflight import greedy_answers, quick_check
 from .models import add_student, load
+from .report import render
 from .sdft import SDFTConfig, evaluate_kl
 from .trainer import TrainConfig, Trainer
 
@@ -45,15 +47,16 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"Training on {len(train)} questions; measuring on {len(held_out)} held-out paraphrases.\n")
 
     before = evaluate_kl(model, tok, held_out, cfg, seed=HELD_OUT_SEED)
-    featured_before = evaluate_kl(model, tok, [featured] * 4, cfg, seed=HELD_OUT_SEED)  # one batch of 4
+    featured_before = evaluate_kl(model, tok, [featured], cfg, seed=HELD_OUT_SEED, rollouts=4)
     answer_before, = greedy_answers(model, tok, [featured], cfg, cfg.max_new_tokens)
     teacher_answer, = greedy_answers(model, tok, [featured], cfg, cfg.max_new_tokens, teacher=True)
 
-    trainer = Trainer(model, tok, run.objective(), train, run.train, preflight=quick_check)
+    trainer = Trainer(model, tok, run.objective(), train, replace(run.train, run_dir=str(args.out)),
+                      preflight=quick_check, held_out=held_out, config=run.to_dict())
     history = trainer.train()
 
     after = evaluate_kl(model, tok, held_out, cfg, seed=HELD_OUT_SEED)
-    featured_after = evaluate_kl(model, tok, [featured] * 4, cfg, seed=HELD_OUT_SEED)  # one batch of 4
+    featured_after = evaluate_kl(model, tok, [featured], cfg, seed=HELD_OUT_SEED, rollouts=4)
     answer_after, = greedy_answers(model, tok, [featured], cfg, cfg.max_new_tokens)
 
     result = {
@@ -66,8 +69,8 @@ def main(argv: list[str] | None = None) -> dict:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     trainer.save_adapter(args.out / "adapter")
-    (args.out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
-    (args.out / "result.json").write_text(json.dumps(result, indent=1))
+    (args.out / "results.json").write_text(json.dumps(result, indent=1))
+    render(args.out)  # the report again, now with the held-out figures
     report(result, args.out)
     return result
 
@@ -82,7 +85,7 @@ def report(r: dict, out: Path) -> None:
     print(f"  student after  : {r['answer_after'].strip()}")
     print(f"  teacher (sees a demonstration): {r['teacher_answer'].strip()}")
     print(f"{line}\nmedian {r['median_step_s']:.1f} s per SDFT step; {r['total_s']:.0f} s in all. "
-          f"Adapter and metrics in {out}/")
+          f"Adapter, metrics and report.html in {out}/")
 
 
 if __name__ == "__main__":

@@ -14,18 +14,20 @@ takes its own share of every batch, and the metrics are averaged over the proces
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import Callable, Protocol
 
 import torch
 from tqdm.auto import tqdm
 
-from . import checkpoint, distributed
+from . import checkpoint, distributed, memory, report
 from .data import Example
 from .models import STUDENT, trainable_parameters
+from .tracking import TRACKERS, Tracker
 
 
 class Objective(Protocol):
@@ -52,6 +54,10 @@ class TrainConfig:
     checkpoint_dir: str | None = None  # where save_checkpoint() and checkpoint_every write
     checkpoint_every: int = 0  # save a checkpoint every N steps (0 = only when asked)
     keep_checkpoints: int = 2
+    run_dir: str | None = None  # where train() writes metrics.jsonl, run.json, report.html (None: $SDFT_LAB_RUNS
+    #                             or runs/, then <objective>-<date>-<time>)
+    report: bool = True  # write the run report (report.py) after every train()
+    report_to: str | None = None  # also stream the metrics to "trackio" or "wandb" (tracking.py)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "grad_accum"):
@@ -61,6 +67,8 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.warmup_steps < 0 or self.max_grad_norm <= 0 or self.weight_decay < 0:
             raise ValueError("warmup_steps and weight_decay must be ≥ 0 and max_grad_norm > 0")
+        if self.report_to is not None and self.report_to not in TRACKERS:
+            raise ValueError(f"report_to must be one of {TRACKERS} or None, got {self.report_to!r}")
         if self.checkpoint_every < 0 or (self.checkpoint_every and not self.checkpoint_dir):
             raise ValueError("checkpoint_every must be ≥ 0, and needs checkpoint_dir")
 
@@ -82,15 +90,26 @@ def seed_everything(seed: int) -> None:
 
 class Trainer:
     def __init__(self, model, tokenizer, objective: Objective, examples: list[Example], cfg: TrainConfig | None = None,
-                 callbacks: tuple[Callable[[dict], None], ...] = (), preflight: Callable | None = None):
+                 callbacks: tuple[Callable[[dict], None], ...] = (), preflight: Callable | None = None,
+                 held_out: list[Example] | None = None, config: dict | None = None):
         """callbacks get each step's record; preflight(model, tokenizer, examples, objective) -> dict | None is
-        the check train() runs once first (inspect.preflight.quick_check: does the teacher gain anything?)."""
+        the check train() runs once first (inspect.preflight.quick_check: does the teacher gain anything?).
+        For the run report: held_out, the prompts whose answers it shows before and after (default: the first
+        training examples); config, the run's whole config (RunConfig.to_dict(); default: what the Trainer has)."""
         if not examples:
             raise ValueError("Trainer needs at least one example.")
         self.model, self.tokenizer, self.objective, self.examples = model, tokenizer, objective, examples
         self.cfg = cfg or TrainConfig()
         self.callbacks = list(callbacks)
         self.check = preflight
+        self.report_prompts = (held_out or examples)[:report.REPORT_PROMPTS]
+        objective_cfg = getattr(objective, "cfg", None)
+        self.config = config or {"train": asdict(self.cfg),
+                                 objective.name: asdict(objective_cfg) if is_dataclass(objective_cfg) else None}
+        self.run_dir = Path(self.cfg.run_dir) if self.cfg.run_dir else new_run_dir(objective.name)
+        self.tracker: Tracker | None = None
+        self.answers_before: list[str] | None = None
+        self.wall_s = 0.0
         seed_everything(self.cfg.seed)
         self.group = distributed.setup(model)
         objective.setup(model)
@@ -131,6 +150,7 @@ class Trainer:
 
     def _step(self) -> dict:
         cfg, t0 = self.cfg, time.perf_counter()
+        memory.reset_peak()
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         micro: list[dict] = []
@@ -162,21 +182,35 @@ class Trainer:
         self.step_count += 1
         record = {"step": self.step_count, **metrics, "grad_norm": grad_norm.item(),
                   "lr": self.scheduler.get_last_lr()[0], "optim_s": time.perf_counter() - to,
-                  "step_s": time.perf_counter() - t0}
+                  "step_s": time.perf_counter() - t0, **self.group.average_metrics(memory.peak())}
         self.history.append(record)
         for callback in self.callbacks:
             callback(record)
+        if cfg.report_to and self.group.is_main:
+            self.tracker = self.tracker or Tracker(cfg.report_to, self.run_dir.name, self.config)
+            self.tracker.log(record)
         return record
 
     def train(self, steps: int | None = None) -> list[dict]:
         """Run `steps` optimizer steps (default: up to cfg.steps) with a progress bar."""
         steps = self.cfg.steps - self.step_count if steps is None else steps
-        if self.cfg.preflight and self.check and self.preflight is None and self.group.is_main:  # one warns enough
+        t0, main = time.perf_counter(), self.group.is_main
+        if self.cfg.preflight and self.check and self.preflight is None and main:  # one warns enough
             self.preflight = self.check(self.model, self.tokenizer, self.examples, self.objective)
-        bar = tqdm(range(steps), desc=self.objective.name, disable=not self.group.is_main)
+        if self.cfg.report and main and self.step_count == 0 and self.answers_before is None:
+            self.answers_before = report.greedy_answers(self)
+        bar = tqdm(range(steps), desc=self.objective.name, disable=not main)
         for _ in bar:
             record = self.step()
-            bar.set_postfix({k: f"{record[k]:.3f}" for k in ("loss", "kl") if k in record})
+            bar.set_postfix({**{k: f"{record[k]:.3f}" for k in ("loss", "kl") if k in record},
+                             "mem": memory.short(record)})
+        if self.tracker:
+            self.tracker.finish()  # a later train() starts a new tracker run under the same name
+            self.tracker = None
+        self.wall_s += time.perf_counter() - t0
+        if self.cfg.report and main:
+            page = report.save(self, self.answers_before, self.wall_s)
+            tqdm.write(f"Run report: {page}")
         return self.history[-steps:] if steps else []
 
     def save_checkpoint(self, directory: str | Path | None = None) -> Path:
@@ -207,6 +241,21 @@ class Trainer:
             self.model.save_pretrained(str(path), selected_adapters=[STUDENT], safe_serialization=True)
         self.group.barrier()
         return Path(path)
+
+
+def new_run_dir(name: str) -> Path:
+    """$SDFT_LAB_RUNS (default runs/) / <name>-<date>-<time>, with a suffix if that folder exists already."""
+    root = Path(os.environ.get("SDFT_LAB_RUNS", "runs"))
+    stem = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, n = root / stem, 1
+    while path.exists() or path in _TAKEN:
+        n += 1
+        path = root / f"{stem}-{n}"
+    _TAKEN.add(path)  # two trainers made in the same second get two folders
+    return path
+
+
+_TAKEN: set[Path] = set()
 
 
 def _average(records: list[dict]) -> dict:

@@ -4,12 +4,19 @@ Tests that load the 135M model, start processes or run notebooks are marked `slo
 `make test-fast` runs the others (pytest -m "not slow").
 """
 
+import os
+import tempfile
+
 import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from sdft_lab import Example, add_student, load, load_dataset
 from sdft_lab.bundled import bundled_path
+
+# Every Trainer.train() writes a run folder (TrainConfig.run_dir): in tests, under one temporary folder,
+# which notebook kernels and CLI subprocesses inherit.
+os.environ.setdefault("SDFT_LAB_RUNS", tempfile.mkdtemp(prefix="sdft-lab-test-runs-"))
 
 
 @pytest.fixture(scope="session")

@@ -1,12 +1,17 @@
 """Integration tests on the bundled SmolLM2-135M-Instruct (fp32 and NF4, on the CPU)."""
 
+import math
+import statistics
+from dataclasses import replace
+
 import pytest
 import torch
 from peft import PeftModel
 
-from sdft_lab import SDFT, SDFTConfig, TrainConfig, Trainer, add_student, evaluate_kl, load, teacher_view
+from sdft_lab import SDFT, SDFTConfig, TrainConfig, Trainer, add_student, evaluate_kl, load, load_dataset, teacher_view
 from sdft_lab.bundled import bundled_path, cache_is_valid
-from sdft_lab.inspect.preflight import quick_check
+from sdft_lab.eval.knowledge import load_knowledge
+from sdft_lab.inspect.preflight import CLEAR_ANSWER_LIFT, PreflightConfig, preflight, quick_check
 
 pytestmark = pytest.mark.slow  # the 135M model, processes or notebooks: not in make test-fast
 
@@ -18,31 +23,66 @@ def logits_of(model, tok, text=PROBE):
         return model(input_ids=torch.tensor([tok(text)["input_ids"]])).logits
 
 
+HELD_OUT_ROLLOUTS = 6  # per held-out prompt: 24 paired values, one batch each side
+
+
 @pytest.fixture(scope="module")
 def trained(demo):
-    """A short SDFT run on four demo prompts, with KL measured on held-out rollouts before and after."""
+    """A short SDFT run on four demo questions; KL measured before and after on their held-out paraphrases
+    (questions the training never sees), with rollout seeds the training never uses."""
     model, tok = load("bundled", quantization="none", device="cpu")
     model = add_student(model)
     base_before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" not in n}
-    examples = demo[:4]
+    examples, held_out = demo[:4], load_dataset("demo-heldout")[:4]
+    assert [h.id for h in held_out] == [f"{ex.id}-h" for ex in examples]  # the same four facts, reworded
     cfg = SDFTConfig(max_new_tokens=32)
     held_out_seed = 10**6  # training seeds are cfg.seed·1000003 + i, far from this one
-    before = evaluate_kl(model, tok, examples, cfg, seed=held_out_seed, rollouts=2)["kl"]
+
+    def kl():
+        return evaluate_kl(model, tok, held_out, cfg, seed=held_out_seed, rollouts=HELD_OUT_ROLLOUTS, batch_size=24)
+
+    before = kl()
     trainer = Trainer(model, tok, SDFT(cfg), examples, TrainConfig(steps=8, batch_size=4, lr=1e-3),
                       preflight=quick_check)
     trainer.train()
-    after = evaluate_kl(model, tok, examples, cfg, seed=held_out_seed, rollouts=2)["kl"]
-    return model, tok, trainer, base_before, before, after
+    return model, tok, trainer, base_before, before, kl()
 
 
-def test_sdft_lowers_kl_on_held_out_rollouts(trained):
+def test_sdft_lowers_kl_on_held_out_paraphrases(trained):
+    """Two margins, both from the spread. Measured on 2026-12-01 (AMD EPYC, 2 cores): here, KL 0.347 → 0.210,
+    paired per-rollout fall 0.138 ± 0.039 (se over 24 pairs, t = 3.5); in a side run with 4 rollouts per prompt
+    and training seeds 1 and 2, 0.431 → 0.245 / 0.258 (t = 3.2 / 2.9 over 16 pairs). We ask for t > 2 (one-sided
+    p ≈ 0.03), and for the fall to be ≥ 20 % of the start (the threshold this test had before it was loosened
+    to `after < before`), which sits 1.8 standard errors inside the measured fall."""
     *_, before, after = trained
-    assert after < before, f"mean per-token KL(teacher‖student) {before:.3f} → {after:.3f}"
+    diffs = [b - a for ex_id in before["per_rollout"]
+             for b, a in zip(before["per_rollout"][ex_id], after["per_rollout"][ex_id])]
+    assert len(diffs) == 4 * HELD_OUT_ROLLOUTS  # no rollout ended before the skipped tokens
+    mean = statistics.fmean(diffs)
+    se = statistics.stdev(diffs) / math.sqrt(len(diffs))
+    summary = f"held-out KL {before['kl']:.3f} → {after['kl']:.3f}; paired fall {mean:.3f} ± {se:.3f} (se)"
+    assert mean > 2 * se, summary
+    assert after["kl"] < 0.8 * before["kl"], summary
 
 
 def test_train_ran_the_preflight_on_the_demo_facts(trained):
     _, _, trainer, *_ = trained
     assert trainer.preflight["verdict"] == "clear signal", trainer.preflight
+
+
+def test_preflight_on_cases_its_thresholds_were_not_fitted_on(bundled, demo):
+    """The thresholds were fitted on the demo facts, unrelated demonstrations and the toolcall task. Two cases
+    they never saw, at the default pre-flight size (8 examples, 48 tokens). Measured on 2026-12-01 (AMD EPYC):
+      invented knowledge facts (data/knowledge):        accuracy 0.00 → 0.75, clear signal
+      demo questions, each given the next fact's demo:  accuracy 0.00 → 0.12, weak signal
+    The second is the harder case: same island, same style, wrong fact; the divergence is as large as with
+    the right demonstration (0.35), so only the answer lift can tell the two apart."""
+    model, tok = bundled
+    facts = load_knowledge().train
+    shifted = [replace(ex, demonstration=demo[(i + 1) % len(demo)].demonstration) for i, ex in enumerate(demo)]
+    (right,), (wrong,) = (preflight(model, tok, exs, cfg=PreflightConfig()) for exs in (facts, shifted))
+    assert right.verdict == "clear signal", right.line()
+    assert wrong.verdict != "clear signal" and wrong.answer_lift < CLEAR_ANSWER_LIFT, wrong.line()
 
 
 def test_base_weights_are_bit_identical_and_the_adapter_moved(trained):

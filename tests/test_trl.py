@@ -117,3 +117,47 @@ def test_an_export_loads_back_into_the_same_examples(tokenizer, demo, tmp_path):
     back = load_export(tmp_path)
     assert [(e.id, e.question, e.demonstration, e.system) for e in back] == \
         [(e.id, e.question, e.demonstration, e.system) for e in examples]
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.parametrize("kind", ["forward_kl", "reverse_kl"])
+def test_trl_and_sdft_lab_compute_the_same_loss_on_the_same_rollouts(tokenizer, demo, tmp_path, kind):
+    """Same model, same exported config, same rollouts: TRL's SDFTTrainer.compute_loss equals sdft_lab's loss.
+    Covers prompt building, the skipped first tokens, the loss temperature and the per-sequence mean."""
+    sdft_module = pytest.importorskip("trl.experimental.sdft",
+                                      reason="TRL is an optional test dependency: pip install -e .[trl]")
+    from sdft_lab import SDFT
+    from sdft_lab.losses import masked_mean
+    from sdft_lab.prompts import student_ids
+    from sdft_lab.rollout import sample
+
+    examples = demo[:3]
+    sdft = SDFTConfig(max_new_tokens=12, skip_first=2, temperature=0.7, divergence=DivergenceConfig(kind=kind))
+    export(examples, tokenizer, tmp_path / "export", sdft, TrainConfig(steps=1, batch_size=3, lr=1e-2))
+    args, lora, dataset = load_for_trl(tmp_path / "export", str(tmp_path / "trl"), use_cpu=True, bf16=False,
+                                       report_to="none", save_strategy="no", disable_tqdm=True)
+    trainer = sdft_module.SDFTTrainer(model=tiny_llama(tokenizer), args=args, train_dataset=dataset,
+                                      processing_class=tokenizer, peft_config=lora)
+    model = trainer.model.eval()  # no LoRA dropout: both sides see the same function
+    with torch.no_grad():  # a student that differs from its teacher (LoRA B starts at zero)
+        g = torch.Generator().manual_seed(0)
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+
+    prompts = [student_ids(tokenizer, ex, sdft.prompts) for ex in examples]
+    y = sample(model, tokenizer, prompts, sdft.max_new_tokens, sdft.temperature, seed=0)
+    rollouts = [ids[m.bool()].tolist() for ids, m in zip(y.ids, y.mask)]
+    # TRL counts a sequence with no token left after the skip as 0, sdft_lab leaves it out: keep them all in
+    assert all(len(r) > sdft.skip_first for r in rollouts)
+    trainer._generate = lambda prompt_ids: (prompt_ids, rollouts)  # TRL scores our rollouts instead of its own
+
+    batch = trainer._prepare_training_batch(list(dataset))
+    assert [row[m.bool()].tolist() for row, m in zip(batch["prompt_ids"], batch["prompt_mask"])] == prompts
+    with torch.no_grad():
+        trl_loss = trainer.compute_loss(model, batch)
+        scored = SDFT(sdft).score(model, tokenizer, examples, completions=y)
+        ours = masked_mean(scored.per_token, scored.mask)
+    assert trl_loss.item() > 0.01  # the two sides do differ
+    torch.testing.assert_close(ours, trl_loss, rtol=1e-4, atol=1e-6)

@@ -1,0 +1,54 @@
+"""Peak memory of one training step: the process's resident set on the CPU, the allocator's peaks on CUDA.
+
+The trainer calls reset_peak() when a step starts and peak() when it ends, so every record says what that
+step needed, not what the process once needed. On Linux the CPU peak (VmHWM) is reset through
+/proc/self/clear_refs; where that is not possible it is the peak since the process started.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+GB = 2**30
+_STATUS, _CLEAR_REFS = Path("/proc/self/status"), Path("/proc/self/clear_refs")
+
+
+def reset_peak() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        _CLEAR_REFS.write_text("5")  # "5" resets the peak RSS to the current RSS (Linux ≥ 4.0)
+    except OSError:
+        pass
+
+
+def peak() -> dict[str, float]:
+    """{"rss_peak_gb"}, plus {"cuda_alloc_peak_gb", "cuda_reserved_peak_gb"} once CUDA is in use."""
+    out = {"rss_peak_gb": _rss_peak_bytes() / GB}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda_alloc_peak_gb"] = torch.cuda.max_memory_allocated() / GB
+        out["cuda_reserved_peak_gb"] = torch.cuda.max_memory_reserved() / GB
+    return out
+
+
+def short(record: dict) -> str:
+    """The figure for a progress bar: GPU memory where there is a GPU, else the process's RSS."""
+    if "cuda_alloc_peak_gb" in record:
+        return f"{record['cuda_alloc_peak_gb']:.1f}G gpu"
+    return f"{record['rss_peak_gb']:.1f}G"
+
+
+def _rss_peak_bytes() -> int:
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
+    import resource  # macOS and other Unixes; the peak since the process started
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024

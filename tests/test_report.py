@@ -1,0 +1,159 @@
+"""The run report: written by every train(), rebuilt from the saved files alone, all model text escaped."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from sdft_lab import SDFT, SFT, SDFTConfig, TrainConfig, Trainer
+from sdft_lab import report
+from sdft_lab.cli import run as cli
+
+SECTIONS = ("Run", "Config", "Pre-flight", "Metrics", "Greedy answers of the student, before and after",
+            "A final rollout, token by token")
+HOSTILE = '<script>alert("x")</script> & <b>'
+
+
+class Page(HTMLParser):
+    """Collects the section titles and the text of every element; fails on a stray </script>."""
+
+    def __init__(self):
+        super().__init__()
+        self.h2, self.tags, self._in_h2 = [], [], False
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        self._in_h2 = tag == "h2"
+
+    def handle_data(self, data):
+        if self._in_h2:
+            self.h2.append(data)
+            self._in_h2 = False
+
+
+def parsed(path) -> Page:
+    page = Page()
+    page.feed(path.read_text())
+    page.close()
+    return page
+
+
+def test_train_writes_a_report_with_every_section(tiny, demo, tmp_path):
+    model, tok = tiny
+    trainer = Trainer(model, tok, SDFT(SDFTConfig(max_new_tokens=6, skip_first=0)), demo[:2],
+                      TrainConfig(steps=2, batch_size=2, lr=1e-2, run_dir=str(tmp_path / "run")))
+    trainer.train()
+    run_dir = tmp_path / "run"
+    assert {p.name for p in run_dir.iterdir()} >= {"run.json", "metrics.jsonl", "report.html", "report.md"}
+    page = parsed(run_dir / "report.html")
+    assert list(SECTIONS) == page.h2
+    assert page.tags.count("script") == 4  # plotly itself, inlined (works offline), and three figures
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["steps"] == 2 and run["answers"]["before"] and len(run["answers"]["after"]) == 2
+    assert run["diff"]["tokens"] and len(run["diff"]["tokens"]) == len(run["diff"]["log_ratio"])
+    assert run["versions"]["torch"] and run["machine"]["cpu"]
+    md = (run_dir / "report.md").read_text()
+    assert all(f"## {s}" in md for s in SECTIONS)
+
+
+def test_memory_is_in_every_step_record_and_in_the_report(tiny, demo, tmp_path):
+    model, tok = tiny
+    trainer = Trainer(model, tok, SFT(), demo[:2], TrainConfig(steps=2, batch_size=2, run_dir=str(tmp_path)))
+    history = trainer.train()
+    assert all(0.05 < r["rss_peak_gb"] < 64 for r in history)  # a torch process holds ≥ 50 MB, this VM < 64 GB
+    assert "rss peak" in (tmp_path / "report.md").read_text()
+
+
+def test_the_report_is_rebuilt_from_the_saved_files_and_escapes_model_text(tiny, demo, tmp_path):
+    model, tok = tiny
+    Trainer(model, tok, SDFT(SDFTConfig(max_new_tokens=4, skip_first=0)), demo[:2],
+            TrainConfig(steps=1, batch_size=2, run_dir=str(tmp_path))).train()
+    run = json.loads((tmp_path / "run.json").read_text())
+    run["answers"]["after"][0] = HOSTILE  # model text that would run as code if it were not escaped
+    run["diff"]["tokens"][0] = HOSTILE
+    run["diff"]["question"] = HOSTILE
+    run["config"]["note"] = "```\n" + HOSTILE  # and would close a markdown fence
+    (tmp_path / "run.json").write_text(json.dumps(run))
+    (tmp_path / "report.html").unlink()
+
+    assert cli(["report", str(tmp_path)])["html"] == str(tmp_path / "report.html")
+    page = (tmp_path / "report.html").read_text()
+    assert HOSTILE not in page
+    assert page.count('&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;') == 3  # answer, question, token
+    assert '&lt;script&gt;alert(\\&quot;x\\&quot;)' in page  # the config, as JSON
+    assert parsed(tmp_path / "report.html").tags.count("script") == 4  # no script tag came from the text
+    md = (tmp_path / "report.md").read_text()
+    assert "<script>" in md and "<script>" not in outside_fences(md)  # raw only in code blocks …
+    assert "````json" in md  # … whose fence the text's own ``` cannot close
+
+
+def outside_fences(md: str) -> str:
+    """The markdown without its fenced code blocks (CommonMark: a fence closes on a run at least as long)."""
+    kept, fence = [], None
+    for line in md.splitlines():
+        run = re.match(r"^`{3,}", line)
+        if fence is None and run:
+            fence = run.group()
+        elif fence is not None and run and run.group().startswith(fence) and not line.strip("`").strip():
+            fence = None
+        elif fence is None:
+            kept.append(line)
+    return "\n".join(kept)
+
+
+def test_report_of_a_folder_that_is_no_run_says_what_to_do(tmp_path):
+    with pytest.raises(SystemExit, match="run.json is missing"):
+        cli(["report", str(tmp_path)])
+
+
+def test_report_false_writes_nothing_and_run_dirs_do_not_collide(tiny, demo, tmp_path, monkeypatch):
+    monkeypatch.setenv("SDFT_LAB_RUNS", str(tmp_path))
+    model, tok = tiny
+    a = Trainer(model, tok, SFT(), demo[:2], TrainConfig(steps=1, batch_size=2, report=False))
+    b = Trainer(model, tok, SFT(), demo[:2], TrainConfig(steps=1, batch_size=2))
+    assert a.run_dir != b.run_dir and a.run_dir.parent == tmp_path
+    a.train()
+    assert not a.run_dir.exists()
+    b.train()
+    assert (b.run_dir / "report.html").is_file()
+
+
+def test_report_to_trackio_logs_the_metric_stream(tmp_path):
+    """In a process of its own: trackio reads TRACKIO_DIR (its local store) once, when imported."""
+    pytest.importorskip("trackio", reason="an optional extra: pip install -e .[tracking]")
+    script = f"""
+import json, sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from conftest import tiny_llama
+from transformers import AutoTokenizer
+from sdft_lab import SFT, TrainConfig, Trainer, add_student, load_dataset
+from sdft_lab.bundled import bundled_path
+from trackio.sqlite_storage import SQLiteStorage
+tok = AutoTokenizer.from_pretrained(bundled_path())
+trainer = Trainer(add_student(tiny_llama(tok)), tok, SFT(), load_dataset("demo")[:2],
+                  TrainConfig(steps=3, batch_size=2, report=False, report_to="trackio", run_dir={str(tmp_path / "r")!r}))
+trainer.train()
+print(json.dumps({{"tracked": [[r["step"], r["loss"], r["rss_peak_gb"]] for r in SQLiteStorage.get_logs("sdft_lab", "r")],
+                  "history": [[r["step"], r["loss"], r["rss_peak_gb"]] for r in trainer.history]}}))
+"""
+    env = {**os.environ, "TRACKIO_DIR": str(tmp_path / "trackio"), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    logged = json.loads(done.stdout.strip().splitlines()[-1])
+    assert logged["tracked"] == logged["history"] and len(logged["history"]) == 3
+
+
+def test_an_unknown_or_missing_tracker_is_a_clear_error(tiny, demo, tmp_path, monkeypatch):
+    model, tok = tiny
+    with pytest.raises(ValueError, match="report_to must be one of"):
+        Trainer(model, tok, SFT(), demo[:2], TrainConfig(steps=1, batch_size=2, report=False,
+                                                         report_to="tensorboard")).train()
+    monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed
+    with pytest.raises(ImportError, match="pip install wandb"):
+        Trainer(model, tok, SFT(), demo[:2], TrainConfig(steps=1, batch_size=2, report=False,
+                                                         report_to="wandb")).train()
