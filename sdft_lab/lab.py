@@ -4,7 +4,8 @@
     SMOKE, RUNS = setup()
 
 SMOKE is true when SDFT_LAB_SMOKE=1 (the test suite runs every notebook that way, in a minute or two);
-RUNS is SDFT_LAB_RUNS if set, else the repository's runs/ folder seen from notebooks/ (../runs).
+RUNS is SDFT_LAB_RUNS if set, else the repository's runs/ folder seen from notebooks/ (../runs); every
+Trainer.train() writes its run folder and report there.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import NamedTuple
+
+from .trainer import runs_root
 
 
 class Lab(NamedTuple):
@@ -21,8 +24,6 @@ class Lab(NamedTuple):
 
 def setup() -> Lab:
     smoke = os.environ.get("SDFT_LAB_SMOKE") == "1"
-    cwd = Path.cwd()
-    default = cwd.parent / "runs" if cwd.name == "notebooks" else cwd / "runs"
-    runs = Path(os.environ.get("SDFT_LAB_RUNS", default))
+    runs = runs_root()
     runs.mkdir(parents=True, exist_ok=True)
     return Lab(smoke, runs)

@@ -139,7 +139,7 @@ def render(run_dir: str | Path) -> tuple[Path, Path]:
 
 def _summary(run: dict, metrics: list[dict]) -> list[tuple[str, str]]:
     m = run["machine"]
-    rows = [("objective", run["objective"]), ("steps", str(run["steps"])), ("wall time", f"{run['wall_s']:.1f} s"),
+    rows = [("objective", run["objective"]), ("steps", str(run["steps"])), ("wall time of train()", f"{run['wall_s']:.1f} s"),
             ("date", run["date"]), ("machine", f"{m.get('gpu') or m['cpu']} · {m['cores']} cores · torch threads "
                                                f"{m['torch_threads']} · {' '.join(m['cpu_flags']) or 'no AVX2'}")]
     peaks = {k: max(r[k] for r in metrics if k in r) for k in MEMORY if any(k in r for r in metrics)}
@@ -159,8 +159,7 @@ def _metric_table(metrics: list[dict]) -> list[list[str]]:
 
 def _sections(run: dict, metrics: list[dict], results: dict | None) -> list[dict]:
     """Each section: a title, and any of rows (a table), code (preformatted text), pairs (before/after)."""
-    sections = [{"title": "Run", "rows": [["", ""], *map(list, _summary(run, metrics))]},
-                {"title": "Config", "code": json.dumps(run["config"], indent=1, default=str)}]
+    sections = [{"title": "Run", "rows": [["", "value"], *map(list, _summary(run, metrics))]}]
     pf = run.get("preflight")
     sections.append({"title": "Pre-flight", "rows": [["figure", "value"], *[[k, _fmt(v)] for k, v in pf.items()]]}
                     if pf else {"title": "Pre-flight", "text": "Not run for this run (no SDFT teacher, or "
@@ -175,21 +174,29 @@ def _sections(run: dict, metrics: list[dict], results: dict | None) -> list[dict
                                                              [None] * len(answers["prompts"]), answers["after"])]})
     if run.get("diff"):
         sections.append({"title": "A final rollout, token by token", "diff": run["diff"]})
+    sections.append({"title": "Config", "code": json.dumps(run["config"], indent=1, default=str), "fold": True})
     return sections
 
 
 def _results_rows(results: dict) -> list[list[str]]:
-    """The figures of a results.json: an experiment's accuracies per method and measure, or a flat record."""
+    """The numbers of a results.json (an experiment's per method, or the demo's flat record), nested keys
+    joined: e.g. ["sdft", "qa all lenient", "0.125"]. Curves and histories are left to the figures."""
     rows = [["method", "measure", "value"]]
-    for method, value in results.items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            rows.append(["", method, f"{value:.4g}"])
-        if not isinstance(value, dict):
-            continue
-        for measure in ("qa", "retention"):
-            for k, v in (value.get(measure) or {}).items():
-                if isinstance(v, (int, float)):
-                    rows.append([method, f"{measure} {k}", f"{v:.3f}"])
+
+    def walk(method: str, prefix: str, value) -> None:
+        if isinstance(value, bool) or prefix.split(" ")[-1] in ("config", "history", "retention_curve", "samples"):
+            return
+        if isinstance(value, (int, float)):
+            rows.append([method, prefix, f"{value:.4g}"])
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                walk(method, f"{prefix} {k}".strip(), v)
+
+    for key, value in results.items():
+        if isinstance(value, dict):
+            walk(key, "", value)
+        else:
+            walk("", key, value)
     return rows
 
 
@@ -200,7 +207,10 @@ def _fmt(value) -> str:
 def _figures(metrics: list[dict]) -> dict[str, go.Figure]:
     steps = [r["step"] for r in metrics]
     keys = [k for k in CURVES if k in metrics[0]]
-    curves = make_subplots(rows=1, cols=len(keys), subplot_titles=keys)
+    if "kl" in keys and all(r["kl"] == r["loss"] for r in metrics):
+        keys.remove("kl")  # forward KL is the loss: one panel, not two of the same curve
+    titles = ["loss (= KL)" if k == "loss" and "kl" in metrics[0] and "kl" not in keys else k for k in keys]
+    curves = make_subplots(rows=1, cols=len(keys), subplot_titles=titles)
     for col, k in enumerate(keys, 1):
         curves.add_trace(go.Scatter(x=steps, y=[r[k] for r in metrics], mode="lines+markers", name=k), row=1, col=col)
     curves.update_xaxes(title_text="step", dtick=max(1, len(steps) // 8))
@@ -237,7 +247,8 @@ def _html_section(s: dict, figures: dict[str, go.Figure]) -> str:
     for name in s.get("figures", []):
         parts.append(figures[name].to_html(full_html=False, include_plotlyjs=False))
     if "code" in s:
-        parts.append(f"<pre>{html.escape(s['code'])}</pre>")
+        code = f"<pre>{html.escape(s['code'])}</pre>"
+        parts.append(f"<details><summary>show</summary>{code}</details>" if s.get("fold") else code)
     for q, before, after in s.get("pairs", []):
         parts.append(f'<div class="pair"><p><b>Q:</b> {html.escape(q)}</p><div class="cols">'
                      f'<div><h4>before</h4><pre>{html.escape(before if before is not None else "(not recorded)")}'

@@ -54,8 +54,8 @@ class TrainConfig:
     checkpoint_dir: str | None = None  # where save_checkpoint() and checkpoint_every write
     checkpoint_every: int = 0  # save a checkpoint every N steps (0 = only when asked)
     keep_checkpoints: int = 2
-    run_dir: str | None = None  # where train() writes metrics.jsonl, run.json, report.html (None: $SDFT_LAB_RUNS
-    #                             or runs/, then <objective>-<date>-<time>)
+    run_dir: str | None = None  # where train() writes metrics.jsonl, run.json, report.html (None: a new folder
+    #                             <objective>-<date>-<time> in runs_root())
     report: bool = True  # write the run report (report.py) after every train()
     report_to: str | None = None  # also stream the metrics to "trackio" or "wandb" (tracking.py)
 
@@ -243,9 +243,15 @@ class Trainer:
         return Path(path)
 
 
+def runs_root() -> Path:
+    """Where runs go: $SDFT_LAB_RUNS if set, else runs/ (the repository's, seen from notebooks/)."""
+    cwd = Path.cwd()
+    return Path(os.environ.get("SDFT_LAB_RUNS", cwd.parent / "runs" if cwd.name == "notebooks" else cwd / "runs"))
+
+
 def new_run_dir(name: str) -> Path:
-    """$SDFT_LAB_RUNS (default runs/) / <name>-<date>-<time>, with a suffix if that folder exists already."""
-    root = Path(os.environ.get("SDFT_LAB_RUNS", "runs"))
+    """runs_root() / <name>-<date>-<time>, with a suffix if that folder exists already."""
+    root = runs_root()
     stem = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     path, n = root / stem, 1
     while path.exists() or path in _TAKEN:

@@ -1,6 +1,7 @@
 """The house rules a newcomer relies on: the core imports no tool, docs links resolve, the README stays short."""
 
 import ast
+import json
 import re
 from pathlib import Path
 
@@ -47,3 +48,16 @@ def test_the_readme_stays_short_and_names_no_design_notes():
     text = (ROOT / "README.md").read_text()
     assert len(text.splitlines()) <= 200
     assert "DESIGN.md" not in text
+
+
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_every_notebook_switches_model_with_its_one_model_line(path):
+    """A GPU user edits one line: the first code cell sets MODEL; no other cell names a model."""
+    cells = ["".join(c["source"]) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+    assert re.search(r'^MODEL = "bundled"  # .*preset', cells[0], re.M), "the first code cell sets MODEL"
+    rest = "\n".join(cells)
+    assert re.search(r"\bload\(MODEL\b|model=MODEL\b", rest), "MODEL is what the notebook loads"
+    assert not re.search(r"""\bload\(\s*["']|model\s*=\s*["']""", rest), "a model named outside the MODEL line"

@@ -1,8 +1,11 @@
 """Pre-flight: shapes and ranges on the tiny model, the written verdict rule, and real lift on the bundled model."""
 
-import pytest
+import random
 
-from sdft_lab import Example
+import pytest
+import torch
+
+from sdft_lab import Example, sample
 from sdft_lab.inspect.preflight import (ADVICE, CLEAR_ANSWER_LIFT, CLEAR_REF_LIFT, MIN_SIGNAL, WEAK_ANSWER_LIFT,
                                         WEAK_REF_LIFT, PreflightConfig, bar_chart, compare_templates, preflight,
                                         quick_check, table, verdict)
@@ -45,6 +48,51 @@ def test_the_scorer_gets_each_example_with_each_answer(tiny, demo):
     assert len(calls) == 8 and ids[:4] == ids[4:]  # student answers, then teacher answers, same examples
     assert set(ids) <= {ex.id for ex in demo} and all(isinstance(t, str) for _, t in calls)
     assert r.student_accuracy == 1.0 and r.teacher_accuracy == 1.0 and r.answer_lift == 0.0
+
+
+def test_signal_and_reference_log_probs_equal_plain_forward_passes(tiny, demo, monkeypatch):
+    """The figures the smoke test above only range-checks, computed here by hand: the reference log-prob
+    from one plain forward pass per example, the signal as KL(teacher ‖ student) over the full vocabulary on
+    the pre-flight's own rollouts (captured), mean per sequence, then over sequences."""
+    import torch.nn.functional as F
+
+    from sdft_lab import SDFTConfig
+    from sdft_lab.inspect import preflight as module
+    from sdft_lab.prompts import encode, student_ids, teacher_ids
+    from sdft_lab.rollout import end_of_turn_id
+
+    model, tok = tiny
+    seen = {}
+    monkeypatch.setattr(module, "sample", lambda *a, **k: seen.setdefault("y", sample(*a, **k)))
+    sdft = SDFTConfig(skip_first=0)
+    r, = preflight(model, tok, demo[:2], scorer=contains_answer,
+                   cfg=PreflightConfig(sample_size=2, max_new_tokens=6, sdft=sdft))
+    exs = random.Random(0).sample(demo[:2], 2)  # the pre-flight's own draw (PreflightConfig.seed = 0)
+    eos = end_of_turn_id(model, tok)
+
+    def logits(ids):
+        with torch.no_grad():
+            return model(input_ids=torch.tensor([ids])).logits[0].float()
+
+    def ref_logp(prompt, text):
+        target = encode(tok, text) + [eos]
+        logp = F.log_softmax(logits(prompt + target)[len(prompt) - 1:-1], -1)
+        return logp.gather(-1, torch.tensor(target)[:, None]).mean().item()
+
+    student = sum(ref_logp(student_ids(tok, ex, sdft.prompts), ex.references[0]) for ex in exs) / 2
+    teacher = sum(ref_logp(teacher_ids(tok, ex, sdft.prompts), ex.references[0]) for ex in exs) / 2
+    assert r.student_ref_logp == pytest.approx(student, abs=1e-4)
+    assert r.teacher_ref_logp == pytest.approx(teacher, abs=1e-4)
+
+    y, kls = seen["y"], []
+    for b, ex in enumerate(exs):
+        ids = y.ids[b, : int(y.mask[b].sum())].tolist()
+        s_prompt, t_prompt = student_ids(tok, ex, sdft.prompts), teacher_ids(tok, ex, sdft.prompts)
+        s = F.log_softmax(logits(s_prompt + ids)[len(s_prompt) - 1:-1], -1)
+        t = F.log_softmax(logits(t_prompt + ids)[len(t_prompt) - 1:-1], -1)
+        kls.append((t.exp() * (t - s)).sum(-1).mean().item())
+    assert r.signal_mean == pytest.approx(sum(kls) / 2, abs=1e-4)
+    assert r.signal_std == pytest.approx(abs(kls[0] - kls[1]) / 2, abs=1e-4)  # population sd of two
 
 
 @pytest.mark.parametrize("answer_lift, ref_lift, signal, expected", [

@@ -14,8 +14,8 @@ from sdft_lab import SDFT, SFT, SDFTConfig, TrainConfig, Trainer
 from sdft_lab import report
 from sdft_lab.cli import run as cli
 
-SECTIONS = ("Run", "Config", "Pre-flight", "Metrics", "Greedy answers of the student, before and after",
-            "A final rollout, token by token")
+SECTIONS = ("Run", "Pre-flight", "Metrics", "Greedy answers of the student, before and after",
+            "A final rollout, token by token", "Config")
 HOSTILE = '<script>alert("x")</script> & <b>'
 
 

@@ -29,6 +29,7 @@ from ..data import Example, skill_split
 from ..eval import (RetentionCallback, load_knowledge, load_probes, mc_accuracy, qa_accuracy, science_answer,
                     task_accuracy, toolcall_format)
 from ..models import add_student, load
+from ..report import render
 from ..sdft import SDFTConfig
 from ..trainer import TrainConfig, Trainer
 
@@ -52,9 +53,19 @@ class ExperimentConfig:
         return replace(self, run=replace(self.run, train=replace(self.run.train, lr=lr)))
 
 
-def train(model, tok, method: str, examples: list[Example], cfg: ExperimentConfig, callbacks=()) -> list[dict]:
-    objective = replace(cfg.run, method=method).objective()
-    return Trainer(model, tok, objective, examples, cfg.run.train, callbacks=callbacks).train()
+def train(model, tok, method: str, examples: list[Example], cfg: ExperimentConfig, run_dir: Path,
+          callbacks=()) -> list[dict]:
+    """One method's run; its metrics, run.json and report go to run_dir."""
+    run = replace(cfg.run, method=method, out=str(run_dir))
+    trainer = Trainer(model, tok, run.objective(), examples, replace(run.train, run_dir=str(run_dir)),
+                      callbacks=callbacks, config=run.to_dict())
+    return trainer.train()
+
+
+def evaluated(run_dir: Path, method: str, figures: dict) -> None:
+    """The method's evaluation into its run folder, and its report again with them."""
+    (run_dir / "results.json").write_text(json.dumps({method: figures}, indent=1))
+    render(run_dir)
 
 
 def saved(out: Path, config: dict) -> dict | None:
@@ -94,7 +105,7 @@ def knowledge(out: Path, cfg: ExperimentConfig, reuse: bool = False, live=None) 
                                           start=results["base"]["retention"])
             t0 = time.perf_counter()
             callbacks = (retention, live(method)) if live else (retention,)
-            history = train(model, tok, method, facts.train, cfg, callbacks=callbacks)
+            history = train(model, tok, method, facts.train, cfg, out / method, callbacks=callbacks)
             last = retention.curve[-1]
             steps = cfg.run.train.steps
             final = last if last["step"] == steps else {"step": steps, **mc_accuracy(model, tok, probes)}
@@ -102,6 +113,7 @@ def knowledge(out: Path, cfg: ExperimentConfig, reuse: bool = False, live=None) 
                                "retention": {k: v for k, v in final.items() if k != "step"},
                                "retention_curve": retention.curve, "train_s": time.perf_counter() - t0,
                                "history": [{k: v for k, v in r.items() if k != "sample"} for r in history]}
+            evaluated(out / method, method, {k: results[method][k] for k in ("qa", "retention")})
     results["total_s"] = time.perf_counter() - start
     save(out, results)
     return results
@@ -137,8 +149,9 @@ def sequential(out: Path, cfg: ExperimentConfig, reuse: bool = False) -> dict:
         results[method] = []
         with student_of(base, cfg.run) as model:
             for i, (name, examples) in enumerate(stages):
-                train(model, tok, method, examples, cfg)
+                train(model, tok, method, examples, cfg, out / method / f"{i + 1}-{name}")
                 results[method].append({"stage": name, **measure(model, i)})
+                evaluated(out / method / f"{i + 1}-{name}", method, results[method][-1])
     save(out, results)
     return results
 
@@ -158,9 +171,10 @@ def pareto(out: Path, cfg: ExperimentConfig, lrs: tuple[float, ...] = (3e-4, 1e-
         results[method] = []
         for lr in lrs:
             with student_of(base, cfg.run) as model:
-                train(model, tok, method, examples, cfg.with_lr(lr))
+                train(model, tok, method, examples, cfg.with_lr(lr), out / method / f"lr-{lr:g}")
                 results[method].append({"lr": lr, "task": skill_accuracy(model, tok, task, cfg),
                                         "retention": mc_accuracy(model, tok, probes)["overall"]})
+                evaluated(out / method / f"lr-{lr:g}", method, results[method][-1])
     save(out, results)
     return results
 
