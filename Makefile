@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 EXTRAS := $(VENV)/.extras
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: setup lab test test-fast demo bench gpu-check screenshots clean
+.PHONY: setup lab test test-fast browser-test demo bench gpu-check screenshots clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
@@ -33,6 +33,11 @@ test: setup $(EXTRAS)
 	if [ $$rc -eq 5 ]; then echo "ERROR: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 # The unit tests on the tiny random model only (< 2 min on 2 cores): the loop while changing code.
+# JupyterLab in headless Chromium: Run All on notebooks 02 and 00, no JS / widget / cell errors, a stepper
+# that redraws; screenshots in $$SDFT_LAB_SCREENSHOTS. Needs Debian's chromium (apt-get install chromium).
+browser-test: setup $(EXTRAS)
+	$(PY) -m pytest -m browser -rs tests/test_browser.py
+
 test-fast: setup
 	$(PY) -m pytest -m "not slow and not gpu" tests
 

@@ -7,6 +7,7 @@ the "student" LoRA adapter; the teacher is the same base with the adapter off
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from contextlib import contextmanager
@@ -111,7 +112,12 @@ def portable_cpu_4bit(model) -> None:
 @contextmanager
 def quiet_peft() -> Iterator[None]:
     """peft (0.21) reads transformers' deprecated `is_gradient_checkpointing` when it wraps a model: that
-    FutureWarning is about the two libraries, not about anything a user did."""
+    FutureWarning is about the two libraries, not about anything a user did.
+
+    peft also imports bitsandbytes whenever it is installed, even for an fp32 model. On CPUs with AVX512-BF16,
+    bitsandbytes (0.50) then logs that it cannot fetch a fused 4-bit kernel from the hub: a kernel for the
+    repacked CPU path that portable_cpu_4bit switches off on every layer, so sdft_lab never calls it."""
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
         yield

@@ -1,13 +1,14 @@
 """The token diff: agrees with the loss, escapes hostile text, keeps whitespace visible."""
 
 import html
+from dataclasses import replace
 from html.parser import HTMLParser
 
 import pytest
 import torch
 
 from sdft_lab import SDFT, Example, SDFTConfig
-from sdft_lab.inspect.diffs import TokenDiff, divergence_figure, table_html, to_html, token_diffs
+from sdft_lab.inspect.diffs import TokenDiff, divergence_figure, table_html, to_html, token_diffs, words
 
 
 @pytest.mark.parametrize("kind", ["forward_kl", "reverse_kl"])
@@ -82,7 +83,16 @@ def test_hostile_text_is_escaped_everywhere():
 def test_whitespace_tokens_stay_visible():
     page = to_html(hostile_diff())
     assert "↵\n" in page and "→\t" in page and ">  </span>" in page
-    assert "white-space:pre-wrap" in page and "border-style:dashed" in page  # the skipped first token
+    assert "white-space:pre;" in page and "border-style:dashed" in page  # the skipped first token
+
+
+def test_the_pieces_of_a_word_stay_together():
+    tokens = ["To", " Vel", "m", "ora", ",", " the", "\n", "cap", "ital"]
+    assert words(tokens) == [[0], [1, 2, 3, 4], [5], [6], [7, 8]]  # a newline ends a word, and starts none
+    d = replace(hostile_diff(), tokens=tokens, ids=list(range(9)), p_student=[.5] * 9, p_teacher=[.5] * 9,
+                divergence=[0.0] * 9, log_ratio=[0.0] * 9, teacher_rank=[1] * 9, top_student=[[("a", .5)]] * 9,
+                top_teacher=[[("a", .5)]] * 9, in_loss=[True] * 9)
+    assert to_html(d).count('<span class="word">') == 5
 
 
 def test_divergence_figure_escapes_hover_text():

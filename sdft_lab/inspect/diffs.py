@@ -131,21 +131,37 @@ def _tooltip(d: TokenDiff, i: int) -> str:
             f"student top: {fmt(d.top_student[i])}\nteacher top: {fmt(d.top_teacher[i])}")
 
 
+def words(tokens: list[str]) -> list[list[int]]:
+    """Token indices grouped into words: a new word starts at a token that begins with whitespace, so the
+    pieces of one word ("Vel", "m", "ora") stay on one line."""
+    groups: list[list[int]] = []
+    for i, tok in enumerate(tokens):
+        if not groups or tok[:1].isspace() or tokens[i - 1][-1:].isspace():
+            groups.append([])
+        groups[-1].append(i)
+    return groups
+
+
 def to_html(d: TokenDiff, limit: float = 3.0) -> str:
     """The rollout with each token coloured by its log-ratio, a tooltip per token, and a legend."""
-    spans = "".join(
-        f'<span class="tok" title="{html.escape(_tooltip(d, i), quote=True)}" style="background:{_color(d.log_ratio[i], limit)};'
-        f'{"" if d.in_loss[i] else "border-style:dashed;opacity:.6;"}">{html.escape(_visible(tok))}</span>'
-        for i, tok in enumerate(d.tokens)
-    )
+    def span(i: int) -> str:
+        return (f'<span class="tok" title="{html.escape(_tooltip(d, i), quote=True)}" '
+                f'style="background:{_color(d.log_ratio[i], limit)};'
+                f'{"" if d.in_loss[i] else "border-style:dashed;opacity:.6;"}">{html.escape(_visible(d.tokens[i]))}</span>')
+
+    spans = "".join(f'<span class="word">{"".join(span(i) for i in group)}</span>' for group in words(d.tokens))
     s = d.summary()
-    legend = (f'<div style="display:flex;align-items:center;gap:6px;font-size:12px;margin-top:6px">'
+    legend = (f'<div class="legend">'
               f'<span>teacher less likely (log-ratio −{limit:g})</span>'
               f'<span style="width:160px;height:12px;background:linear-gradient(90deg,{_color(-limit, limit)},'
               f'#fff,{_color(limit, limit)});border:1px solid #999"></span>'
-              f'<span>more likely (+{limit:g})</span><span>· dashed: skipped by the loss · hover a token for details</span></div>')
+              f'<span>more likely (+{limit:g})</span><span>dashed: skipped by the loss</span>'
+              f'<span>hover a token for details</span></div>')
     return (f'<div class="sdft-diff" style="font-family:ui-monospace,monospace;font-size:13px;line-height:1.9">'
-            f'<style>.sdft-diff .tok{{white-space:pre-wrap;border:1px solid #ccc;border-radius:3px;padding:0 1px;margin:0 1px}}</style>'
+            f'<style>.sdft-diff .tok{{white-space:pre;display:inline-block;border:1px solid #ccc;border-radius:3px;'
+            f'padding:0 1px;margin:1px 0}} .sdft-diff .word{{white-space:nowrap;display:inline-block}}'
+            f' .sdft-diff .legend{{display:flex;flex-wrap:wrap;align-items:center;gap:4px 10px;font-size:12px;'
+            f'margin-top:6px;font-family:sans-serif}} .sdft-diff .legend span{{white-space:nowrap}}</style>'
             f'<div style="font-family:sans-serif;margin-bottom:4px"><b>Q:</b> {html.escape(d.question)}</div>'
             f'<div>{spans}</div>{legend}'
             f'<div style="font-family:sans-serif;font-size:12px;margin-top:4px">mean divergence {s["mean_divergence"]:.3f} · '

@@ -16,14 +16,26 @@ from ..rollout import sample
 from ..sdft import SDFTConfig
 
 
+WIDE = {"description_width": "initial"}  # labels at their full width, never cut to "temperat…"
+
+
+def short(text: str, n: int = 80) -> str:
+    """text cut at a word boundary with an ellipsis, never mid-word."""
+    return text if len(text) <= n else text[: text.rfind(" ", 0, n)].rstrip(" ,;:") + " …"
+
+
 def diff_stepper(model, tokenizer, examples: list[Example], cfg: SDFTConfig | None = None) -> W.VBox:
     """Pick an example, resample, toggle the demonstration, change temperature and template."""
     cfg = cfg or SDFTConfig()
-    pick = W.Dropdown(options=[(ex.question[:70], i) for i, ex in enumerate(examples)], description="example")
-    template = W.Dropdown(options=list(TEMPLATES), value="paper", description="template")
-    temperature = W.FloatSlider(value=cfg.temperature, min=0.1, max=2.0, step=0.1, description="temperature")
-    with_demo = W.Checkbox(value=True, description="demonstration in the teacher prompt")
-    resample = W.Button(description="resample", icon="refresh")
+    pick = W.Dropdown(options=[(short(ex.question), i) for i, ex in enumerate(examples)], description="example",
+                      style=WIDE, layout=W.Layout(width="100%", max_width="760px"))
+    template = W.Dropdown(options=list(TEMPLATES), value="paper", description="teacher template", style=WIDE,
+                          layout=W.Layout(width="auto"))
+    temperature = W.FloatSlider(value=cfg.temperature, min=0.1, max=2.0, step=0.1, description="temperature",
+                                style=WIDE, layout=W.Layout(width="320px"))
+    with_demo = W.Checkbox(value=True, description="the teacher sees the demonstration", indent=False, style=WIDE,
+                           layout=W.Layout(width="auto"))
+    resample = W.Button(description="resample", icon="refresh", layout=W.Layout(width="auto"))
     view, plot = W.HTML(), W.Output()
     state = {"seed": 0}
 
@@ -44,13 +56,16 @@ def diff_stepper(model, tokenizer, examples: list[Example], cfg: SDFTConfig | No
         w.observe(refresh, names="value")
     resample.on_click(on_resample)
     refresh()
-    return W.VBox([W.HBox([pick, resample]), W.HBox([template, temperature, with_demo]), view, plot])
+    row = W.Layout(flex_flow="row wrap", align_items="center", gap="4px 16px")
+    return W.VBox([W.HBox([pick, resample], layout=row), W.HBox([template, temperature, with_demo], layout=row),
+                   view, plot])
 
 
 class LiveDiff:
     """A Trainer callback: re-scores fixed rollouts every `every` steps and redraws the diff and the curves.
 
     The rollouts stay the same, so the colours change only because the student moves toward the teacher.
+    Each rollout is shown twice, side by side: as scored before training, and as scored now.
     """
 
     def __init__(self, model, tokenizer, examples: list[Example], cfg: SDFTConfig | None = None,
@@ -62,9 +77,12 @@ class LiveDiff:
                                   self.cfg.top_p, seed)
         first = token_diffs(model, tokenizer, examples, self.cfg, completions=self.completions)
         self.steps, self.mean_divergence = [0], [_mean(first)]
-        self.views = [W.HTML(to_html(d)) for d in first]
+        self.views = [W.HTML(_titled("now (step 0)", d)) for d in first]
+        pairs = [W.HBox([W.HTML(_titled("before training", d)), view],
+                        layout=W.Layout(flex_flow="row wrap", gap="0 24px"))
+                 for d, view in zip(first, self.views)]
         self.curves = W.Output()
-        self.widget = W.VBox([*self.views, self.curves])
+        self.widget = W.VBox([*pairs, self.curves])
         self.history: list[dict] = []
 
     def __call__(self, record: dict) -> None:
@@ -75,13 +93,22 @@ class LiveDiff:
         self.steps.append(record["step"])
         self.mean_divergence.append(_mean(diffs))
         for view, d in zip(self.views, diffs):
-            view.value = to_html(d)
+            view.value = _titled(f"now (step {record['step']})", d)
         self.curves.clear_output(wait=True)
         with self.curves:
-            fixed = go.Figure(go.Scatter(x=self.steps, y=self.mean_divergence, mode="lines+markers"))
-            fixed.update_layout(title="mean divergence on the fixed rollouts above", xaxis_title="step",
-                                height=280, margin=dict(t=40, b=40, l=40, r=20))
-            display(fixed, training_curves(self.history, ("loss", "kl")))
+            display(self.figure(), training_curves(self.history, ("loss", "kl")))
+
+    def figure(self) -> go.Figure:
+        """The fixed rollouts' mean divergence per step: the student's move toward the teacher, on the same tokens."""
+        fig = go.Figure(go.Scatter(x=self.steps, y=self.mean_divergence, mode="lines+markers"))
+        fig.update_layout(title="mean divergence on the fixed rollouts above (the same tokens every step)",
+                          yaxis_title="nats per token", height=280, margin=dict(t=60, b=40, l=40, r=20))
+        fig.update_xaxes(title_text="step", tickmode="linear", tick0=0, dtick=max(1, -(-len(self.steps) // 10)))
+        return fig
+
+
+def _titled(title: str, d) -> str:
+    return f'<div style="min-width:320px;max-width:560px"><h4 style="margin:4px 0">{title}</h4>{to_html(d)}</div>'
 
 
 def _mean(diffs) -> float:

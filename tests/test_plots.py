@@ -1,0 +1,38 @@
+"""The notebooks' figures say what they show: one panel when the loss is the KL, whole-step ticks from 1,
+a title and each phase's mean on the phase chart; stepper labels and options are never cut mid-word."""
+
+from sdft_lab.inspect.plots import phase_breakdown, training_curves
+from sdft_lab.inspect.widgets import short
+
+PHASES = {"sample_s": 6.0, "teacher_s": 1.5, "student_fwd_s": 1.8, "backward_s": 1.8, "optim_s": 0.08}
+
+
+def history(n: int, kl_is_loss: bool = True) -> list[dict]:
+    return [{"step": i + 1, "loss": 0.3 - 0.01 * i, "kl": 0.3 - 0.01 * i + (0 if kl_is_loss else 0.05),
+             "entropy": 3.0, "rollout_len": 48, **PHASES} for i in range(n)]
+
+
+def test_loss_and_kl_share_a_panel_only_when_they_are_the_same_curve():
+    same, different = training_curves(history(4)), training_curves(history(4, kl_is_loss=False))
+    assert [a.text for a in same.layout.annotations] == ["loss = KL(teacher ‖ student)", "entropy", "rollout_len"]
+    assert [a.text for a in different.layout.annotations] == ["loss", "kl", "entropy", "rollout_len"]
+
+
+def test_step_ticks_are_whole_numbers_from_one():
+    for fig in (training_curves(history(2)), phase_breakdown(history(2)), training_curves(history(37))):
+        axis = fig.layout.xaxis
+        assert (axis.tickmode, axis.tick0) == ("linear", 1) and axis.dtick == int(axis.dtick) >= 1
+    assert training_curves(history(37)).layout.xaxis.dtick == 4  # about ten ticks
+
+
+def test_the_phase_chart_has_a_title_and_names_every_phase_with_its_mean():
+    fig = phase_breakdown(history(3))
+    assert fig.layout.title.text.startswith("seconds per step")
+    assert [t.name for t in fig.data] == ["sample (6.00 s)", "teacher (1.50 s)", "student_fwd (1.80 s)",
+                                          "backward (1.80 s)", "optim (0.08 s)"]  # optim: too thin to see
+
+
+def test_options_are_cut_at_a_word_with_an_ellipsis():
+    q = "Which Velmoran inventor created the famous tide-clock used by local fishermen on the eastern coast?"
+    assert short(q, 40) == "Which Velmoran inventor created the …"
+    assert short("Short question?", 40) == "Short question?"
