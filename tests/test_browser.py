@@ -45,13 +45,22 @@ def lab(tmp_path_factory):
     folder = tmp_path_factory.mktemp("lab")
     shutil.copytree(ROOT / "notebooks", folder / "notebooks")
     shutil.copytree(ROOT / "configs", folder / "configs")  # notebook 00 reads ../configs/quickstart.yaml
+    # Every cell in the page, not only those in view (JupyterLab 4 renders a window of them by default):
+    # the test reads every prompt, and a screenshot shows the whole notebook.
+    settings = folder / "settings" / "@jupyterlab" / "notebook-extension"
+    settings.mkdir(parents=True)
+    (settings / "tracker.jupyterlab-settings").write_text('{"windowingMode": "none"}')
+    news = folder / "settings" / "@jupyterlab" / "apputils-extension"
+    news.mkdir(parents=True)
+    (news / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')  # no "news?" pop-up
     port, token = free_port(), secrets.token_hex(16)
     env = {**os.environ, "SDFT_LAB_SMOKE": "1", "SDFT_LAB_RUNS": str(folder / "runs"), "JUPYTER_CONFIG_DIR":
-           str(folder / ".jupyter"), "JUPYTER_RUNTIME_DIR": str(folder / ".runtime")}
+           str(folder / ".jupyter"), "JUPYTER_RUNTIME_DIR": str(folder / ".runtime"),
+           "JUPYTERLAB_SETTINGS_DIR": str(folder / "settings")}
     server = subprocess.Popen(
         [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
          f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={folder / 'notebooks'}", "--allow-root",
-         "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
+         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
         env=env, stdout=subprocess.DEVNULL, stderr=open(folder / "server.log", "w"))
     url = f"http://127.0.0.1:{port}"
     for _ in range(120):
@@ -68,13 +77,13 @@ def lab(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def browser(lab):
+def chromium(lab):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        yield chromium
-        chromium.close()
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        yield browser
+        browser.close()
 
 
 def screenshots() -> Path:
@@ -83,25 +92,30 @@ def screenshots() -> Path:
     return path
 
 
-def run_all(browser, lab, name: str):
+def run_all(chromium, lab, name: str):
     """Open notebook `name`, Run All, wait for every cell; returns (page, console errors)."""
     url, token, _ = lab
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page = chromium.new_page(viewport={"width": 1280, "height": 4200})  # tall: the whole notebook in one shot
     errors: list[str] = []
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(f"{url}/lab/tree/{name}?token={token}")
+    # a workspace of its own, reset: only this notebook is open (JupyterLab restores earlier tabs otherwise)
+    page.goto(f"{url}/lab/workspaces/{Path(name).stem}/tree/{name}?reset&token={token}")
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120_000)
     page.wait_for_timeout(3000)  # the kernel starts; Run All queues behind it anyway
     page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-    page.locator("li.lm-Menu-item[data-command='notebook:run-all-cells']").click()
-    code_cells = page.locator(".jp-Notebook .jp-CodeCell").count()
-    deadline = time.monotonic() + 600
+    page.locator("li.lm-Menu-item[data-command='runmenu:run-all']").click()
+    prompts_of = page.locator(".jp-Notebook .jp-CodeCell .jp-InputPrompt")
+    code_cells, deadline, quiet_since = prompts_of.count(), time.monotonic() + 600, None
     while time.monotonic() < deadline:
-        prompts = page.locator(".jp-CodeCell .jp-InputPrompt").all_inner_texts()
-        done = [p for p in prompts if p.strip().startswith("[") and p.strip()[1:-2].strip().isdigit()]
-        if len(done) == code_cells:
+        prompts = [p.strip() for p in prompts_of.all_inner_texts()]
+        ran = [p for p in prompts if p[1:-2].strip().isdigit()]
+        if len(ran) == code_cells:
             break
+        quiet = ran and not any("*" in p for p in prompts)  # nothing running, nothing queued, not all ran
+        quiet_since = (quiet_since or time.monotonic()) if quiet else None
+        if quiet_since and time.monotonic() - quiet_since > 20:
+            pytest.fail(f"{name}: Run All stopped after {len(ran)} of {code_cells} cells: {cell_problems(page)}")
         time.sleep(1)
     else:
         pytest.fail(f"{name}: not every cell finished within 10 minutes: {prompts}")
@@ -119,8 +133,8 @@ def cell_problems(page) -> list[str]:
     return problems
 
 
-def test_token_diffs_notebook_runs_and_its_stepper_redraws(browser, lab):
-    page, errors = run_all(browser, lab, "02_token_diffs.ipynb")
+def test_token_diffs_notebook_runs_and_its_stepper_redraws(chromium, lab):
+    page, errors = run_all(chromium, lab, "02_token_diffs.ipynb")
     out = screenshots()
     page.screenshot(path=str(out / "02_token_diffs.png"), full_page=True)
     assert not errors, f"JavaScript console errors: {errors}"
@@ -129,12 +143,21 @@ def test_token_diffs_notebook_runs_and_its_stepper_redraws(browser, lab):
     stepper = page.locator(".widget-vbox", has=page.locator("button", has_text="resample")).first
     stepper.scroll_into_view_if_needed()
     diff = stepper.locator(".sdft-diff").first
-    before = diff.inner_html()
-    stepper.locator("button", has_text="resample").click()
-    page.wait_for_function("(b) => { const d = document.querySelector('.widget-vbox .sdft-diff');"
-                           " return d && d.innerHTML !== b; }", arg=before, timeout=120_000)
-    page.wait_for_timeout(500)
-    assert diff.inner_html() != before
+
+    def redraws(change, what: str) -> None:
+        before = diff.inner_html()
+        change()
+        for _ in range(240):  # the kernel re-scores, then the widget redraws (seconds on the CPU)
+            page.wait_for_timeout(500)
+            if diff.inner_html() != before:
+                return
+        pytest.fail(f"the stepper did not redraw after {what}")
+
+    # Both change what is drawn whatever the sampler draws (a resample of 8 tokens may repeat the rollout):
+    # without the demonstration the teacher scores differently; another example has another question.
+    redraws(lambda: stepper.locator("input[type=checkbox]").first.click(), "the demonstration was switched off")
+    redraws(lambda: stepper.locator("select").first.select_option(index=1), "another example was picked")
+    assert "What is the capital city of Velmora?" not in diff.inner_text()
     stepper.screenshot(path=str(out / "stepper.png"))
     # every label and option is shown whole: no element of the stepper is wider than its box
     cut = page.evaluate("""(root) => [...root.querySelectorAll('label, .widget-label, select, button')]
@@ -144,8 +167,8 @@ def test_token_diffs_notebook_runs_and_its_stepper_redraws(browser, lab):
     page.close()
 
 
-def test_quickstart_notebook_runs_clean(browser, lab):
-    page, errors = run_all(browser, lab, "00_quickstart.ipynb")
+def test_quickstart_notebook_runs_clean(chromium, lab):
+    page, errors = run_all(chromium, lab, "00_quickstart.ipynb")
     page.screenshot(path=str(screenshots() / "00_quickstart.png"), full_page=True)
     assert not errors, f"JavaScript console errors: {errors}"
     assert not cell_problems(page), cell_problems(page)

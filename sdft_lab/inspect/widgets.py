@@ -28,7 +28,7 @@ def diff_stepper(model, tokenizer, examples: list[Example], cfg: SDFTConfig | No
     """Pick an example, resample, toggle the demonstration, change temperature and template."""
     cfg = cfg or SDFTConfig()
     pick = W.Dropdown(options=[(short(ex.question), i) for i, ex in enumerate(examples)], description="example",
-                      style=WIDE, layout=W.Layout(width="100%", max_width="760px"))
+                      style=WIDE, layout=W.Layout(flex="1 1 420px", max_width="760px"))
     template = W.Dropdown(options=list(TEMPLATES), value="paper", description="teacher template", style=WIDE,
                           layout=W.Layout(width="auto"))
     temperature = W.FloatSlider(value=cfg.temperature, min=0.1, max=2.0, step=0.1, description="temperature",
