@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
+import textwrap
 import warnings
 from dataclasses import asdict, dataclass, replace
 from typing import Callable
@@ -184,7 +185,8 @@ def quick_check(model, tokenizer, examples: list[Example], objective) -> dict | 
     if not isinstance(sdft, SDFTConfig):
         return None
     result, = preflight(model, tokenizer, examples, cfg=PreflightConfig(sample_size=4, max_new_tokens=32, sdft=sdft))
-    tqdm.write(result.line())
+    # wrapped at word boundaries here: a notebook's output area would break the long line mid-word
+    tqdm.write(textwrap.fill(result.line(), width=100, break_long_words=False, subsequent_indent="    "))
     if result.verdict == "no signal":
         warnings.warn(f"{result.line()}\n{result.advice}", stacklevel=3)  # points at train()
     return asdict(result)

@@ -56,8 +56,10 @@ def diff_stepper(model, tokenizer, examples: list[Example], cfg: SDFTConfig | No
         w.observe(refresh, names="value")
     resample.on_click(on_resample)
     refresh()
-    row = W.Layout(flex_flow="row wrap", align_items="center", gap="4px 16px")
-    return W.VBox([W.HBox([pick, resample], layout=row), W.HBox([template, temperature, with_demo], layout=row),
+    for w in (template, temperature):
+        w.layout.margin = "2px 16px 2px 0"
+    return W.VBox([W.HBox([pick, resample], layout=W.Layout(flex_flow="row wrap", align_items="center")),
+                   W.HBox([template, temperature, with_demo], layout=W.Layout(flex_flow="row wrap", align_items="center")),
                    view, plot])
 
 
@@ -79,7 +81,7 @@ class LiveDiff:
         self.steps, self.mean_divergence = [0], [_mean(first)]
         self.views = [W.HTML(_titled("now (step 0)", d)) for d in first]
         pairs = [W.HBox([W.HTML(_titled("before training", d)), view],
-                        layout=W.Layout(flex_flow="row wrap", gap="0 24px"))
+                        layout=W.Layout(flex_flow="row wrap"))
                  for d, view in zip(first, self.views)]
         self.curves = W.Output()
         self.widget = W.VBox([*pairs, self.curves])
@@ -108,7 +110,8 @@ class LiveDiff:
 
 
 def _titled(title: str, d) -> str:
-    return f'<div style="min-width:320px;max-width:560px"><h4 style="margin:4px 0">{title}</h4>{to_html(d)}</div>'
+    return (f'<div style="min-width:320px;max-width:560px;margin-right:24px"><h4 style="margin:4px 0">{title}</h4>'
+            f'{to_html(d)}</div>')
 
 
 def _mean(diffs) -> float:
