@@ -32,12 +32,12 @@ test: setup $(EXTRAS)
 	$(PY) -m pytest tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "ERROR: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
-# The unit tests on the tiny random model only (< 2 min on 2 cores): the loop while changing code.
 # JupyterLab in headless Chromium: Run All on notebooks 02 and 00, no JS / widget / cell errors, a stepper
 # that redraws; screenshots in $$SDFT_LAB_SCREENSHOTS. Needs Debian's chromium (apt-get install chromium).
 browser-test: setup $(EXTRAS)
 	$(PY) -m pytest -m browser -rs tests/test_browser.py
 
+# The unit tests on the tiny random model only (< 2 min on 2 cores): the loop while changing code.
 test-fast: setup
 	$(PY) -m pytest -m "not slow and not gpu" tests
 

@@ -153,11 +153,13 @@ def train(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     history = trainer.train()
     trainer.save_adapter(out / "adapter")
-    if trainer.group.is_main:  # the trainer wrote metrics.jsonl, run.json and the report
+    if trainer.group.is_main:  # the trainer wrote metrics.jsonl, run.json and the report, unless report=False
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+        if not cfg.train.report:
+            (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in trainer.history))
         last = history[-1] if history else {}
         print(f"{cfg.method}: {len(history)} steps in {time.perf_counter() - t0:.0f} s; last loss "
-              f"{last.get('loss', float('nan')):.4f}. Adapter, metrics.jsonl, config.json and report.html in {out}/")
+              f"{last.get('loss', float('nan')):.4f}. Adapter, metrics.jsonl, config.json{' and report.html' if cfg.train.report else ''} in {out}/")
     return {"history": history, "out": str(out)}
 
 

@@ -16,21 +16,22 @@ GB = 2**30
 _STATUS, _CLEAR_REFS = Path("/proc/self/status"), Path("/proc/self/clear_refs")
 
 
-def reset_peak() -> None:
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.reset_peak_memory_stats()
+def reset_peak(device: torch.device) -> None:
+    """device: the model's; CUDA's peaks are per device (another process's GPU is not ours to read)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     try:
         _CLEAR_REFS.write_text("5")  # "5" resets the peak RSS to the current RSS (Linux ≥ 4.0)
     except OSError:
         pass
 
 
-def peak() -> dict[str, float]:
-    """{"rss_peak_gb"}, plus {"cuda_alloc_peak_gb", "cuda_reserved_peak_gb"} once CUDA is in use."""
+def peak(device: torch.device) -> dict[str, float]:
+    """{"rss_peak_gb"}, plus {"cuda_alloc_peak_gb", "cuda_reserved_peak_gb"} for a model on CUDA."""
     out = {"rss_peak_gb": _rss_peak_bytes() / GB}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        out["cuda_alloc_peak_gb"] = torch.cuda.max_memory_allocated() / GB
-        out["cuda_reserved_peak_gb"] = torch.cuda.max_memory_reserved() / GB
+    if device.type == "cuda":
+        out["cuda_alloc_peak_gb"] = torch.cuda.max_memory_allocated(device) / GB
+        out["cuda_reserved_peak_gb"] = torch.cuda.max_memory_reserved(device) / GB
     return out
 
 

@@ -40,8 +40,8 @@ PACKAGES = ("sdft_lab", "torch", "transformers", "peft", "bitsandbytes", "plotly
 # What a run saves
 
 
-def machine() -> dict:
-    """The CPU model and the instruction sets that change speed and numerics; the GPU where there is one."""
+def machine(device: torch.device | None = None) -> dict:
+    """The CPU model and the instruction sets that change speed and numerics; the GPU the model is on."""
     cpu, flags = platform.processor() or platform.machine(), set()
     try:
         info = Path("/proc/cpuinfo").read_text()
@@ -51,8 +51,8 @@ def machine() -> dict:
         pass
     out = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
            "cpu_flags": [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in flags]}
-    if torch.cuda.is_available():
-        out["gpu"] = torch.cuda.get_device_name()
+    if device is not None and device.type == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(device)
     return out
 
 
@@ -100,7 +100,8 @@ def save(trainer, before: list[str] | None, wall_s: float) -> Path:
     (out / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in trainer.history))
     trainer.model.eval()
     run = {
-        "objective": trainer.objective.name, "config": trainer.config, "versions": versions(), "machine": machine(),
+        "objective": trainer.objective.name, "config": trainer.config, "versions": versions(),
+        "machine": machine(trainer.device),
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "wall_s": wall_s,
         "steps": trainer.step_count, "preflight": trainer.preflight,
         "answers": {"prompts": [ex.question for ex in trainer.report_prompts], "before": before,
@@ -148,8 +149,13 @@ def _summary(run: dict, metrics: list[dict]) -> list[tuple[str, str]]:
     return rows
 
 
+def _common(metrics: list[dict], keys: tuple[str, ...]) -> list[str]:
+    """The keys every record has (a run resumed on another device may lack some in its early steps)."""
+    return [k for k in keys if metrics and all(k in r for r in metrics)]
+
+
 def _metric_table(metrics: list[dict]) -> list[list[str]]:
-    keys = [k for k in CURVES + PHASES + MEMORY if metrics and k in metrics[0]]
+    keys = _common(metrics, CURVES + PHASES + MEMORY)
     rows = [["metric", "first", "last", "min", "max"]]
     for k in keys:
         values = [r[k] for r in metrics]
@@ -162,8 +168,9 @@ def _sections(run: dict, metrics: list[dict], results: dict | None) -> list[dict
     sections = [{"title": "Run", "rows": [["", "value"], *map(list, _summary(run, metrics))]}]
     pf = run.get("preflight")
     sections.append({"title": "Pre-flight", "rows": [["figure", "value"], *[[k, _fmt(v)] for k, v in pf.items()]]}
-                    if pf else {"title": "Pre-flight", "text": "Not run for this run (no SDFT teacher, or "
-                                "TrainConfig.preflight=False)."})
+                    if pf else {"title": "Pre-flight", "text": "Not run: the Trainer was given no preflight= check "
+                                "(inspect.preflight.quick_check), the objective has no teacher, or "
+                                "TrainConfig.preflight=False."})
     sections.append({"title": "Metrics", "rows": _metric_table(metrics), "figures": ["curves", "phases", "memory"]}
                     if metrics else {"title": "Metrics", "text": "No step was taken."})
     if results:
@@ -206,7 +213,7 @@ def _fmt(value) -> str:
 
 def _figures(metrics: list[dict]) -> dict[str, go.Figure]:
     steps = [r["step"] for r in metrics]
-    keys = [k for k in CURVES if k in metrics[0]]
+    keys = _common(metrics, CURVES)
     if "kl" in keys and all(r["kl"] == r["loss"] for r in metrics):
         keys.remove("kl")  # forward KL is the loss: one panel, not two of the same curve
     titles = ["loss (= KL)" if k == "loss" and "kl" in metrics[0] and "kl" not in keys else k for k in keys]
@@ -215,11 +222,11 @@ def _figures(metrics: list[dict]) -> dict[str, go.Figure]:
         curves.add_trace(go.Scatter(x=steps, y=[r[k] for r in metrics], mode="lines+markers", name=k), row=1, col=col)
     curves.update_xaxes(title_text="step", dtick=max(1, len(steps) // 8))
     curves.update_layout(height=280, showlegend=False, margin=dict(t=40, b=40, l=40, r=20))
-    phases = go.Figure([go.Bar(x=steps, y=[r[p] for r in metrics], name=p[:-2]) for p in PHASES if p in metrics[0]])
+    phases = go.Figure([go.Bar(x=steps, y=[r[p] for r in metrics], name=p[:-2]) for p in _common(metrics, PHASES)])
     phases.update_layout(barmode="stack", height=280, title="seconds per step, by phase", xaxis_title="step",
                          xaxis_dtick=max(1, len(steps) // 8), margin=dict(t=40, b=40, l=40, r=20))
     memory = go.Figure([go.Scatter(x=steps, y=[r[k] for r in metrics], mode="lines+markers", name=k[:-3])
-                        for k in MEMORY if k in metrics[0]])
+                        for k in _common(metrics, MEMORY)])
     memory.update_layout(height=280, title="peak memory per step (GiB)", xaxis_title="step",
                          xaxis_dtick=max(1, len(steps) // 8), margin=dict(t=40, b=40, l=40, r=20))
     return {"curves": curves, "phases": phases, "memory": memory}

@@ -15,6 +15,7 @@ There is no reward model: the teacher's in-context behaviour is the target.
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -150,7 +151,8 @@ def evaluate_kl(
     Pass a seed that training never uses to get held-out rollouts. Each example gets `rollouts` rollouts,
     sampled in batches of `batch_size` rows (batched decoding: k rollouts cost far less than k calls).
     Returns the mean over examples of each example's mean, the per-example means, and every rollout's own
-    value per example (`per_rollout`, in rollout order: the spread, for a test or an error bar).
+    value per example (`per_rollout`, in rollout order: the spread, for a test or an error bar; NaN for a
+    rollout with no token left after the skipped ones, so that two calls with one seed line up).
     """
     objective = SDFT(cfg)
     rows = [ex for _ in range(rollouts) for ex in examples]
@@ -160,7 +162,7 @@ def evaluate_kl(
         scored = objective.score(model, tokenizer, batch, seed=seed + i // batch_size)
         kl_seq, has = sequence_means(scored.stats["kl"], scored.mask)
         for ex, value, counted in zip(batch, kl_seq.tolist(), has.tolist()):
-            if counted:
-                per_rollout[ex.id].append(value)
-    means = {k: sum(v) / len(v) for k, v in per_rollout.items() if v}
+            per_rollout[ex.id].append(value if counted else math.nan)
+    counted = {k: [x for x in v if not math.isnan(x)] for k, v in per_rollout.items()}
+    means = {k: sum(v) / len(v) for k, v in counted.items() if v}
     return {"kl": sum(means.values()) / max(1, len(means)), "per_example": means, "per_rollout": per_rollout}

@@ -17,6 +17,7 @@ import math
 import os
 import random
 import time
+import warnings
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import Callable, Protocol
@@ -107,6 +108,7 @@ class Trainer:
         self.config = config or {"train": asdict(self.cfg),
                                  objective.name: asdict(objective_cfg) if is_dataclass(objective_cfg) else None}
         self.run_dir = Path(self.cfg.run_dir) if self.cfg.run_dir else new_run_dir(objective.name)
+        self.device = next(model.parameters()).device
         self.tracker: Tracker | None = None
         self.answers_before: list[str] | None = None
         self.wall_s = 0.0
@@ -137,6 +139,10 @@ class Trainer:
 
     def step(self) -> dict:
         """One optimizer step. A step that fails or is interrupted changes nothing: the next call starts clean."""
+        if self.group.is_main and self.step_count == 0 and self.cfg.report and self.answers_before is None:
+            self.answers_before = report.greedy_answers(self)  # the report's "before", whichever call comes first
+        if self.group.is_main and self.cfg.report_to and self.tracker is None:
+            self.tracker = Tracker(self.cfg.report_to, self.run_dir.name, self.config)  # fails before any change
         try:
             record = self._step()
         except torch.OutOfMemoryError as err:
@@ -150,7 +156,7 @@ class Trainer:
 
     def _step(self) -> dict:
         cfg, t0 = self.cfg, time.perf_counter()
-        memory.reset_peak()
+        memory.reset_peak(self.device)
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         micro: list[dict] = []
@@ -182,12 +188,11 @@ class Trainer:
         self.step_count += 1
         record = {"step": self.step_count, **metrics, "grad_norm": grad_norm.item(),
                   "lr": self.scheduler.get_last_lr()[0], "optim_s": time.perf_counter() - to,
-                  "step_s": time.perf_counter() - t0, **self.group.average_metrics(memory.peak())}
+                  "step_s": time.perf_counter() - t0, **self.group.average_metrics(memory.peak(self.device))}
         self.history.append(record)
         for callback in self.callbacks:
             callback(record)
-        if cfg.report_to and self.group.is_main:
-            self.tracker = self.tracker or Tracker(cfg.report_to, self.run_dir.name, self.config)
+        if self.tracker:
             self.tracker.log(record)
         return record
 
@@ -197,20 +202,24 @@ class Trainer:
         t0, main = time.perf_counter(), self.group.is_main
         if self.cfg.preflight and self.check and self.preflight is None and main:  # one warns enough
             self.preflight = self.check(self.model, self.tokenizer, self.examples, self.objective)
-        if self.cfg.report and main and self.step_count == 0 and self.answers_before is None:
-            self.answers_before = report.greedy_answers(self)
         bar = tqdm(range(steps), desc=self.objective.name, disable=not main)
-        for _ in bar:
-            record = self.step()
-            bar.set_postfix({**{k: f"{record[k]:.3f}" for k in ("loss", "kl") if k in record},
-                             "mem": memory.short(record)})
-        if self.tracker:
-            self.tracker.finish()  # a later train() starts a new tracker run under the same name
-            self.tracker = None
-        self.wall_s += time.perf_counter() - t0
+        try:
+            for _ in bar:
+                record = self.step()
+                bar.set_postfix({**{k: f"{record[k]:.3f}" for k in ("loss", "kl") if k in record},
+                                 "mem": memory.short(record)})
+        finally:
+            if self.tracker:
+                self.tracker.finish()  # a later train() or step() starts a new tracker run under the same name
+                self.tracker = None
+            self.wall_s += time.perf_counter() - t0
         if self.cfg.report and main:
-            page = report.save(self, self.answers_before, self.wall_s)
-            tqdm.write(f"Run report: {page}")
+            try:
+                page = report.save(self, self.answers_before, self.wall_s)
+                tqdm.write(f"Run report: {page}")
+            except Exception as err:  # a report is never worth the run: the adapter is saved after this
+                warnings.warn(f"The run report could not be written to {self.run_dir}: {type(err).__name__}: {err}",
+                              stacklevel=2)
         return self.history[-steps:] if steps else []
 
     def save_checkpoint(self, directory: str | Path | None = None) -> Path:

@@ -4,7 +4,9 @@ Tests that load the 135M model, start processes or run notebooks are marked `slo
 `make test-fast` runs the others (pytest -m "not slow").
 """
 
+import atexit
 import os
+import shutil
 import tempfile
 
 import pytest
@@ -16,7 +18,9 @@ from sdft_lab.bundled import bundled_path
 
 # Every Trainer.train() writes a run folder (TrainConfig.run_dir): in tests, under one temporary folder,
 # which notebook kernels and CLI subprocesses inherit.
-os.environ.setdefault("SDFT_LAB_RUNS", tempfile.mkdtemp(prefix="sdft-lab-test-runs-"))
+if "SDFT_LAB_RUNS" not in os.environ:
+    os.environ["SDFT_LAB_RUNS"] = tempfile.mkdtemp(prefix="sdft-lab-test-runs-")
+    atexit.register(shutil.rmtree, os.environ["SDFT_LAB_RUNS"], ignore_errors=True)  # ~5 MB per report
 
 
 @pytest.fixture(scope="session")

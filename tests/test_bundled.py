@@ -57,7 +57,7 @@ def test_sdft_lowers_kl_on_held_out_paraphrases(trained):
     *_, before, after = trained
     diffs = [b - a for ex_id in before["per_rollout"]
              for b, a in zip(before["per_rollout"][ex_id], after["per_rollout"][ex_id])]
-    assert len(diffs) == 4 * HELD_OUT_ROLLOUTS  # no rollout ended before the skipped tokens
+    assert len(diffs) == 4 * HELD_OUT_ROLLOUTS and not any(map(math.isnan, diffs))  # all past the skipped tokens
     mean = statistics.fmean(diffs)
     se = statistics.stdev(diffs) / math.sqrt(len(diffs))
     summary = f"held-out KL {before['kl']:.3f} → {after['kl']:.3f}; paired fall {mean:.3f} ± {se:.3f} (se)"

@@ -36,3 +36,4 @@ def test_options_are_cut_at_a_word_with_an_ellipsis():
     q = "Which Velmoran inventor created the famous tide-clock used by local fishermen on the eastern coast?"
     assert short(q, 40) == "Which Velmoran inventor created the …"
     assert short("Short question?", 40) == "Short question?"
+    assert short("x" * 50, 40) == "x" * 40 + " …"  # no space to cut at: cut at n, not at the end

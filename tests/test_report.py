@@ -9,6 +9,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+import torch
 
 from sdft_lab import SDFT, SFT, SDFTConfig, TrainConfig, Trainer
 from sdft_lab import report
@@ -154,6 +155,46 @@ def test_an_unknown_or_missing_tracker_is_a_clear_error(tiny, demo, tmp_path, mo
         Trainer(model, tok, SFT(), demo[:2], TrainConfig(steps=1, batch_size=2, report=False,
                                                          report_to="tensorboard")).train()
     monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed
+    trainer = Trainer(model, tok, SFT(), demo[:2], TrainConfig(steps=1, batch_size=2, report=False, report_to="wandb"))
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     with pytest.raises(ImportError, match="pip install wandb"):
-        Trainer(model, tok, SFT(), demo[:2], TrainConfig(steps=1, batch_size=2, report=False,
-                                                         report_to="wandb")).train()
+        trainer.train()
+    assert trainer.step_count == 0 and not trainer.history  # it failed before the step changed anything
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters() if p.requires_grad)
+
+
+def test_the_before_answers_are_taken_by_whichever_call_comes_first(tiny, demo, tmp_path):
+    model, tok = tiny
+    trainer = Trainer(model, tok, SFT(), demo[:2], TrainConfig(steps=2, batch_size=2, run_dir=str(tmp_path)))
+    trainer.step()  # as notebook 00 does, before train()
+    trainer.train()
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["answers"]["before"] is not None and len(run["answers"]["before"]) == 2
+
+
+def test_a_report_that_cannot_be_written_warns_and_the_run_goes_on(tiny, demo, tmp_path, monkeypatch):
+    model, tok = tiny
+    trainer = Trainer(model, tok, SFT(), demo[:2], TrainConfig(steps=1, batch_size=2, run_dir=str(tmp_path)))
+    monkeypatch.setattr(report, "render", lambda run_dir: 1 / 0)
+    with pytest.warns(UserWarning, match="run report could not be written.*ZeroDivisionError"):
+        history = trainer.train()
+    assert len(history) == 1 and (tmp_path / "metrics.jsonl").is_file()
+
+
+def test_a_records_key_missing_in_some_steps_is_left_out_not_a_crash(tiny, demo, tmp_path):
+    model, tok = tiny
+    Trainer(model, tok, SFT(), demo[:2], TrainConfig(steps=2, batch_size=2, run_dir=str(tmp_path))).train()
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    first = json.loads(lines[0])
+    first["cuda_alloc_peak_gb"] = 1.0  # e.g. a run resumed on a CPU from a GPU checkpoint
+    (tmp_path / "metrics.jsonl").write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n")
+    report.render(tmp_path)
+    assert "cuda_alloc_peak_gb" not in (tmp_path / "report.md").read_text()
+
+
+def test_an_experiment_without_reports_still_saves_its_figures(tmp_path):
+    from sdft_lab.experiments.runs import evaluated
+
+    evaluated(tmp_path / "sft", "sft", {"qa": {"all": {"lenient": 0.5}}})  # TrainConfig(report=False): no run.json
+    assert json.loads((tmp_path / "sft" / "results.json").read_text()) == {"sft": {"qa": {"all": {"lenient": 0.5}}}}
+    assert not (tmp_path / "sft" / "report.html").exists()

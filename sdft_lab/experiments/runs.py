@@ -63,9 +63,11 @@ def train(model, tok, method: str, examples: list[Example], cfg: ExperimentConfi
 
 
 def evaluated(run_dir: Path, method: str, figures: dict) -> None:
-    """The method's evaluation into its run folder, and its report again with them."""
+    """The method's evaluation into its run folder, and its report again with them (if it has one)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "results.json").write_text(json.dumps({method: figures}, indent=1))
-    render(run_dir)
+    if (run_dir / "run.json").is_file():  # TrainConfig(report=False) writes none
+        render(run_dir)
 
 
 def saved(out: Path, config: dict) -> dict | None:

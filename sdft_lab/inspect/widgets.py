@@ -21,7 +21,10 @@ WIDE = {"description_width": "initial"}  # labels at their full width, never cut
 
 def short(text: str, n: int = 80) -> str:
     """text cut at a word boundary with an ellipsis, never mid-word."""
-    return text if len(text) <= n else text[: text.rfind(" ", 0, n)].rstrip(" ,;:") + " …"
+    if len(text) <= n:
+        return text
+    cut = text.rfind(" ", 0, n)
+    return text[: cut if cut > 0 else n].rstrip(" ,;:") + " …"
 
 
 def diff_stepper(model, tokenizer, examples: list[Example], cfg: SDFTConfig | None = None) -> W.VBox:
