@@ -234,9 +234,12 @@ def _figures(metrics: list[dict]) -> dict[str, go.Figure]:
 
 # --- HTML ---------------------------------------------------------------------
 
-def _color(log_ratio: float, limit: float = 3.0) -> str:
+def log_ratio_color(log_ratio: float, limit: float = 3.0) -> str:
+    """Diverging scale for log p_T − log p_S: red where the teacher finds the token less likely, blue where
+    more (the token diffs of inspect.diffs use it too)."""
     x = max(-1.0, min(1.0, log_ratio / limit))
-    return f"rgba(46,160,67,{x:.2f})" if x > 0 else f"rgba(215,58,73,{-x:.2f})"
+    r, g, b = (255, round(255 * (1 + x)), round(255 * (1 + x))) if x < 0 else (round(255 * (1 - x)), round(255 * (1 - 0.55 * x)), 255)
+    return f"rgb({r},{g},{b})"
 
 
 def _html_table(rows: list[list[str]]) -> str:
@@ -263,11 +266,11 @@ def _html_section(s: dict, figures: dict[str, go.Figure]) -> str:
     if "diff" in s:
         d = s["diff"]
         spans = "".join(
-            f'<span class="tok" title="log p_T − log p_S = {r:+.2f}" style="background:{_color(r)};'
+            f'<span class="tok" title="log p_T − log p_S = {r:+.2f}" style="background:{log_ratio_color(r)};'
             f'{"" if keep else "border-style:dashed;opacity:.6"}">{html.escape(tok)}</span>'
             for tok, r, keep in zip(d["tokens"], d["log_ratio"], d["in_loss"]))
         parts.append(f"<p><b>Q:</b> {html.escape(d['question'])}</p><div class='diff'>{spans}</div>"
-                     f"<p class='note'>green: the teacher finds the token more likely than the student, red: less; "
+                     f"<p class='note'>blue: the teacher finds the token more likely than the student, red: less; "
                      f"dashed: left out of the loss. Mean divergence {d['mean_divergence']:.3f}.</p>")
     return "<section>" + "".join(parts) + "</section>"
 

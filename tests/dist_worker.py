@@ -57,7 +57,8 @@ def run(out: Path, tokenizer, batch_size: int, lora_seed: int) -> dict:
     distributed.Group.average_gradients_ = recording_average
     objective = Recording(CFG)
     trainer = Trainer(model, tokenizer, objective, load_dataset("demo"),
-                      TrainConfig(steps=STEPS, batch_size=batch_size, grad_accum=GRAD_ACCUM, lr=1e-2, preflight=False))
+                      TrainConfig(steps=STEPS, batch_size=batch_size, grad_accum=GRAD_ACCUM, lr=1e-2, preflight=False,
+                                  report=False))  # the report scores one more rollout on rank 0 only
     losses = [r["loss"] for r in trainer.train()]
     result = {"rank": trainer.group.rank, "world": trainer.group.world, "batches": objective.batches,
               "seeds": objective.seeds, "rollouts": objective.rollouts, "losses": losses}

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from ..data import Example
 from ..losses import divergence
 from ..models import lm_head
+from ..report import log_ratio_color
 from ..rollout import Completions
 from ..sdft import SDFT, SDFTConfig
 
@@ -114,13 +115,6 @@ def _visible(token: str) -> str:
     return "".join(_VISIBLE.get(c, c) for c in token)
 
 
-def _color(log_ratio: float, limit: float) -> str:
-    """Diverging scale: red where the teacher finds the token less likely, blue where more."""
-    x = max(-1.0, min(1.0, log_ratio / limit))
-    r, g, b = (255, round(255 * (1 + x)), round(255 * (1 + x))) if x < 0 else (round(255 * (1 - x)), round(255 * (1 - 0.55 * x)), 255)
-    return f"rgb({r},{g},{b})"
-
-
 def _tooltip(d: TokenDiff, i: int) -> str:
     def fmt(top):
         return ", ".join(f"{t!r} {p:.3f}" for t, p in top)
@@ -146,15 +140,15 @@ def to_html(d: TokenDiff, limit: float = 3.0) -> str:
     """The rollout with each token coloured by its log-ratio, a tooltip per token, and a legend."""
     def span(i: int) -> str:
         return (f'<span class="tok" title="{html.escape(_tooltip(d, i), quote=True)}" '
-                f'style="background:{_color(d.log_ratio[i], limit)};'
+                f'style="background:{log_ratio_color(d.log_ratio[i], limit)};'
                 f'{"" if d.in_loss[i] else "border-style:dashed;opacity:.6;"}">{html.escape(_visible(d.tokens[i]))}</span>')
 
     spans = "".join(f'<span class="word">{"".join(span(i) for i in group)}</span>' for group in words(d.tokens))
     s = d.summary()
     legend = (f'<div class="legend">'
               f'<span>teacher less likely (log-ratio −{limit:g})</span>'
-              f'<span style="width:160px;height:12px;background:linear-gradient(90deg,{_color(-limit, limit)},'
-              f'#fff,{_color(limit, limit)});border:1px solid #999"></span>'
+              f'<span style="width:160px;height:12px;background:linear-gradient(90deg,{log_ratio_color(-limit, limit)},'
+              f'#fff,{log_ratio_color(limit, limit)});border:1px solid #999"></span>'
               f'<span>more likely (+{limit:g})</span><span>dashed: skipped by the loss</span>'
               f'<span>hover a token for details</span></div>')
     return (f'<div class="sdft-diff" style="font-family:ui-monospace,monospace;font-size:13px;line-height:1.9">'
