@@ -46,6 +46,7 @@ CONFIG_FLAGS = {
         ("--top-k-side", "sdft.divergence.top_k_side", ["teacher", "student"], "whose top-k is the support"),
         ("--teacher", "sdft.teacher", ["base", "ema", "live"], "teacher weights"),
         ("--skip-first", "sdft.skip_first", int, "completion tokens left out of the loss"),
+        ("--rollouts-per-prompt", "sdft.rollouts_per_prompt", int, "rollouts of each question per step"),
         ("--engine", "sdft.engine", ["auto", "lean", "hf"], "rollout sampler: sampler.py's loop or model.generate"),
     ],
     "LoRA student (StudentConfig)": [

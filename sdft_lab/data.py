@@ -37,6 +37,7 @@ BUNDLED = {
     "toolcall": DATA_DIR / "skills" / "toolcall.jsonl",
     "science": DATA_DIR / "skills" / "science.jsonl",
 }
+KNOWLEDGE = "knowledge"  # the training questions of data/knowledge/facts.jsonl
 FIELDS = {"id": str, "question": str, "demonstration": str, "answer": (str, type(None)), "references": list,
           "system": (str, type(None)), "metadata": dict}
 FORMATS = ("sdft", "trl", "chat", "prompt_completion")
@@ -225,10 +226,14 @@ def read(source, format: str | None = None, split: str | None = None, **columns:
     """load_dataset's examples and the format they were read as."""
     if format is not None and format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS} or None (detect), got {format!r}")
+    if source == KNOWLEDGE:  # two training questions per invented fact (eval/knowledge.py reads its own format)
+        from .eval.knowledge import load_knowledge
+
+        return load_knowledge().train, "sdft"
     if isinstance(source, (str, os.PathLike)):
         path = Path(BUNDLED.get(str(source), source))
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such file. Bundled sets: {sorted(BUNDLED)}.")
+            raise FileNotFoundError(f"{path}: no such file. Bundled sets: {sorted([*BUNDLED, KNOWLEDGE])}.")
         name, rows = str(path), read_rows(path)
     else:
         name, rows = type(source).__name__, dataset_rows(source, type(source).__name__, split)

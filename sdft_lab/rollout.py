@@ -150,10 +150,19 @@ def generate_clean(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens:
 def greedy_texts(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int = 16,
                  desc: str | None = None) -> list[str]:
     """Greedy answers to many prompts, `batch_size` at a time (with a progress bar when desc is given)."""
-    texts = []
+    return greedy(model, tokenizer, prompts, max_new_tokens, batch_size, desc)[0]
+
+
+def greedy(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int = 16,
+           desc: str | None = None) -> tuple[list[str], list[bool]]:
+    """Greedy answers and, per answer, whether it was cut: the token budget ran out before an EOS."""
+    texts, cut = [], []
+    eos = eos_ids(model, tokenizer)
     for i in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False, disable=desc is None):
-        texts += sample(model, tokenizer, prompts[i:i + batch_size], max_new_tokens, temperature=0).texts
-    return texts
+        y = sample(model, tokenizer, prompts[i:i + batch_size], max_new_tokens, temperature=0)
+        texts += y.texts
+        cut += [int(y.ids[j, n - 1]) not in eos for j, n in enumerate(y.lengths.tolist())]
+    return texts, cut
 
 
 def completion_hidden(model, prompts: list[list[int]], completions: Completions) -> torch.Tensor:

@@ -44,7 +44,7 @@ class Objective(Protocol):
 @dataclass
 class TrainConfig:
     steps: int = 100  # optimizer steps; sets the length of the schedule
-    batch_size: int = 4  # prompts per micro-batch and process (one rollout each)
+    batch_size: int = 4  # prompts per micro-batch and process (SDFTConfig.rollouts_per_prompt rollouts each)
     grad_accum: int = 1  # micro-batches per optimizer step
     lr: float = 1e-4  # LoRA rates are ~10x full fine-tuning's 5e-6…5e-5
     weight_decay: float = 0.0

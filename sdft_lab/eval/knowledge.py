@@ -12,8 +12,12 @@ from pathlib import Path
 from ..data import DATA_DIR, DataError, Example
 from ..models import teacher_view
 from ..prompts import encode, fill, render_chat
-from ..rollout import greedy_texts
+from ..rollout import greedy
 
+# Greedy QA answers get this many tokens. Measured on the bundled base with the short-answer system prompt
+# (scripts/answer_lengths.py, docs/recipes.md): every answer that ended within 128 tokens ended within 79;
+# the few that had not ended at 128 repeat themselves, which no budget fixes.
+QA_TOKENS = 96
 CONTEXT_TEMPLATE = "Here is some background information:\n{demonstration}\n\nQuestion: {question}"
 
 
@@ -64,23 +68,27 @@ def score_qa(text: str, answers: list[str], wrong: list[str]) -> tuple[float, fl
     return float(strict), float(lenient)
 
 
-def qa_accuracy(model, tokenizer, items: list[QAItem], with_passage: bool = False, max_new_tokens: int = 32,
-                batch_size: int = 16, teacher_kind: str = "base") -> dict:
-    """Strict and lenient accuracy per kind (and "all"). with_passage=True is the teacher ceiling:
-    the teacher view with the fact's source passage in its context."""
+def qa_accuracy(model, tokenizer, items: list[QAItem], with_passage: bool = False,
+                max_new_tokens: int = QA_TOKENS, batch_size: int = 16, teacher_kind: str = "base",
+                system: str | None = None) -> dict:
+    """Strict and lenient accuracy per kind (and "all"), and `cut`: the share of answers that ran out of
+    tokens before they ended (their score may miss an answer that was still to come). with_passage=True is the
+    teacher ceiling: the teacher view with the fact's source passage in its context. system: the system
+    prompt the student was trained with (None: the chat template's default)."""
     if with_passage:
-        prompts = [encode(tokenizer, render_chat(tokenizer, fill(CONTEXT_TEMPLATE, it.question, it.passage)))
+        prompts = [encode(tokenizer, render_chat(tokenizer, fill(CONTEXT_TEMPLATE, it.question, it.passage), system))
                    for it in items]
         with teacher_view(model, teacher_kind):
-            texts = greedy_texts(model, tokenizer, prompts, max_new_tokens, batch_size, "QA eval (ceiling)")
+            texts, cut = greedy(model, tokenizer, prompts, max_new_tokens, batch_size, "QA eval (ceiling)")
     else:
-        prompts = [encode(tokenizer, render_chat(tokenizer, it.question)) for it in items]
-        texts = greedy_texts(model, tokenizer, prompts, max_new_tokens, batch_size, "QA eval")
+        prompts = [encode(tokenizer, render_chat(tokenizer, it.question, system)) for it in items]
+        texts, cut = greedy(model, tokenizer, prompts, max_new_tokens, batch_size, "QA eval")
     scores = [score_qa(t, it.answers, it.wrong) for t, it in zip(texts, items)]
     out = {}
     for kind in ("direct", "indirect", "ood", "all"):
         sel = [s for s, it in zip(scores, items) if kind in ("all", it.kind)]
         if sel:
             out[kind] = {"strict": statistics.fmean(s for s, _ in sel), "lenient": statistics.fmean(l for _, l in sel)}
+    out["cut"] = statistics.fmean(cut)
     out["samples"] = [{"question": it.question, "answer": t} for it, t in list(zip(items, texts))[:6]]
     return out
