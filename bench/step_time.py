@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -46,6 +45,34 @@ VARIANTS = {
 }
 PHASES = ("sample_s", "teacher_s", "student_fwd_s", "backward_s", "optim_s")
 TOP_K = 100
+
+
+# issue 21's targets, on the machine the bench runs on: (what, value, comparison, limit)
+TARGETS = (("rollout sampling speed vs plain generate (generate s / sample s)", "generate_over_sample", ">=", 1.5),
+           ("SDFT step / TRL step", "ratio_to_trl-full", "<=", 0.7),
+           ("SDFT peak RSS / TRL peak RSS", "rss_ratio_to_trl", "<=", 1.1),
+           ("SDFT step / the bench's floor", "ratio_to_floor", "<=", 1.1))
+
+
+def check_targets(rows: list[dict], floors: dict) -> list[str]:
+    """One line per target and prompt count: the measured ratio, and whether it is met."""
+    lines = []
+    for row in rows:
+        if row["variant"] != "sdft":
+            continue
+        same = {r["variant"]: r for r in rows if r["prompts"] == row["prompts"]}
+        if "trl-full" in same:
+            row["rss_ratio_to_trl"] = row["peak_rss_mib"] / same["trl-full"]["peak_rss_mib"]
+        if "sample_to_generate" in row:
+            row["generate_over_sample"] = 1 / row["sample_to_generate"]
+        if floors.get(row["prompts"]):
+            row["ratio_to_floor"] = row["median_s"] / floors[row["prompts"]]["floor_s"]
+        for what, key, op, limit in TARGETS:
+            if key in row:
+                met = row[key] >= limit if op == ">=" else row[key] <= limit
+                lines.append(f"target at {row['prompts']:>2} prompts: {what} = {row[key]:.2f} (target {op} {limit}): "
+                             f"{'met' if met else 'NOT met'}")
+    return lines
 
 
 def sdft_config(variant: str, new_tokens: int):
@@ -153,6 +180,12 @@ def main() -> None:
         print(json.dumps(run_variant(args.worker[0], int(args.worker[1]), args.steps, args.new_tokens)))
         return
 
+    from sdft_lab.report import machine
+
+    the_machine = machine()
+    print(f"machine: {the_machine['cpu']}, {the_machine['cores']} cores, torch threads {the_machine['torch_threads']}, "
+          f"flags {' '.join(the_machine['cpu_flags']) or 'none of avx2 / avx512 / amx'}, BLAS {the_machine['blas']}",
+          file=sys.stderr)
     rows = []
     for prompts in args.prompts:
         for variant in args.variants:
@@ -188,9 +221,11 @@ def main() -> None:
         for row in rows:
             if row["variant"] == "sdft" and row["prompts"] == prompts and "sample_to_generate" in row:
                 print(f"rollout sampling / plain generate at {prompts} prompts: {row['sample_to_generate']:.2f}")
-    meta = {"date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(), "new_tokens": args.new_tokens, "timed_steps": args.steps,
-            "torch_threads": __import__("torch").get_num_threads()}
+    targets = check_targets(rows, floors)
+    for line in targets:
+        print(line)
+    meta = {"date": time.strftime("%Y-%m-%d"), "machine": the_machine, "new_tokens": args.new_tokens,
+            "timed_steps": args.steps}
     out = Path(__file__).parent / "results" / f"step_time_p{'-'.join(map(str, args.prompts))}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "rows": rows, "floors": floors}, indent=1))

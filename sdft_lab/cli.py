@@ -64,7 +64,11 @@ PASSTHROUGH = {"demo": "sdft_lab.demo", "preflight": "sdft_lab.inspect.preflight
 def resolve(args: argparse.Namespace) -> RunConfig:
     """The config file's values, overridden by the flags given (dotted dests like "sdft.divergence.kind")."""
     try:
+        if getattr(args, "recipe", None) and args.config:
+            raise ConfigError("give --recipe or --config, not both (a recipe is a whole config; flags override it)")
         config = read_file(args.config) if args.config else {}
+        if getattr(args, "recipe", None):
+            config = recipe_config(args.recipe, args.method or "sdft")
         for dest, value in vars(args).items():
             if "." in dest:
                 *path, key = dest.split(".")
@@ -79,9 +83,23 @@ def resolve(args: argparse.Namespace) -> RunConfig:
         raise SystemExit(f"error: {err}") from None
 
 
+def recipe_config(name: str, method: str) -> dict:
+    """A named recipe's RunConfig for the method, as the dict a config file would hold."""
+    from .recipes import RECIPES
+
+    if name not in RECIPES:
+        raise ConfigError(f"--recipe: unknown recipe {name!r}; recipes: {sorted(RECIPES)} (docs/recipes.md).")
+    sdft, sft = RECIPES[name]()
+    config = (sft if method == "sft" else sdft).to_dict()
+    config["train"].pop("checkpoint_dir")  # OUT/checkpoints, as for any config
+    del config["out"]
+    return config
+
+
 def add_config_flags(p: argparse.ArgumentParser) -> None:
     """Flags for the settings people change most; anything else goes in --config, whose values they override."""
     p.add_argument("--config", type=Path, help="a YAML or JSON file (`sdft-lab --help` lists its keys)")
+    p.add_argument("--recipe", help="start from a named recipe (recipes.py: workshop-knowledge); flags override it")
     p.add_argument("--data", help="a bundled set (demo, toolcall, science, …) or a .jsonl/.json/.csv/.parquet file [demo]")
     p.add_argument("--data-format", choices=["sdft", "trl", "chat", "prompt_completion"],
                    help="the data's format [detected from its columns]")

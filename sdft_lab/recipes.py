@@ -23,13 +23,12 @@ from .trainer import TrainConfig
 SHORT_ANSWER = "Answer in one short sentence."
 
 
-def workshop_knowledge(steps: int = 40, facts: int = 8) -> tuple[RunConfig, RunConfig]:
-    """(SDFT, SFT) for injecting `facts` invented facts into the bundled model on 2 CPU cores in minutes:
-    both train on the same examples for the same steps, each with the settings that served it best in the
-    search (docs/recipes.md). `facts` sets the batch: every training question of the facts once per step."""
-    batch = 2 * facts if facts <= 8 else 8  # two training questions per fact
+def workshop_knowledge(steps: int = 24) -> tuple[RunConfig, RunConfig]:
+    """(SDFT, SFT) for injecting invented facts into the bundled model on 2 CPU cores in minutes: both train
+    on the same questions (4 per step) for the same steps, each with the settings that served it best in the
+    search (docs/recipes.md)."""
     prompts = PromptConfig(teacher_template=TEMPLATES["context-first"], system=SHORT_ANSWER)
-    train = TrainConfig(steps=steps, batch_size=batch, lr=3e-3, preflight=False)
+    train = TrainConfig(steps=steps, batch_size=4, lr=3e-3, preflight=False)
     sdft = RunConfig(method="sdft", data="knowledge", train=train,
                      sdft=SDFTConfig(max_new_tokens=32, skip_first=0, prompts=prompts))
     sft = RunConfig(method="sft", data="knowledge", train=replace(train, lr=1e-3),

@@ -41,7 +41,7 @@ PACKAGES = ("sdft_lab", "torch", "transformers", "peft", "bitsandbytes", "plotly
 
 
 def machine(device: torch.device | None = None) -> dict:
-    """The CPU model and the instruction sets that change speed and numerics; the GPU the model is on."""
+    """The CPU model, the instruction sets that change speed and numerics, torch's BLAS; the GPU the model is on."""
     cpu, flags = platform.processor() or platform.machine(), set()
     try:
         info = Path("/proc/cpuinfo").read_text()
@@ -49,8 +49,10 @@ def machine(device: torch.device | None = None) -> dict:
         flags = set(re.search(r"^flags\s*:\s*(.+)$", info, re.M).group(1).split())
     except (OSError, AttributeError):
         pass
+    blas = re.search(r"BLAS_INFO=(\w+)", torch.__config__.show())
     out = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-           "cpu_flags": [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in flags]}
+           "cpu_flags": [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in flags],
+           "blas": blas.group(1) if blas else "unknown"}
     if device is not None and device.type == "cuda":
         out["gpu"] = torch.cuda.get_device_name(device)
     return out

@@ -58,7 +58,7 @@ def test_meter_rises_after_sft_on_the_framed_answer_and_the_callback_records_it(
             callbacks=(callback,)).train()
     assert [p["step"] for p in callback.curve] == [0, 4, 8] and points == callback.curve
     before, after = callback.curve[0]["answer"]["all"], callback.curve[-1]["answer"]["all"]
-    assert after > before + 0.5, (before, after)  # the trained answer's tokens: measured -10.9 → -2.4 nats
+    assert after > before + 2, (before, after)  # the trained answer's tokens: measured -12.1 → -6.6 nats
     # the meter scores the student: with the adapter off (the base) nothing has moved
     assert meter(model, tok, ITEMS, with_passage=True)["passage"]["all"] == pytest.approx(ceiling["passage"]["all"])
 

@@ -101,14 +101,15 @@ class MeterCallback:
         self.model, self.tokenizer, self.items, self.every, self.system = model, tokenizer, items, every, system
         self.live = live
         self.curve: list[dict] = []
-        self._add(0, start or meter(model, tokenizer, items, system))
+        self.measure(0, start)
 
-    def _add(self, step: int, figures: dict) -> None:
-        point = {"step": step, **figures}
+    def measure(self, step: int, figures: dict | None = None) -> None:
+        """Add the point of `step` (figures: already measured ones, else the meter runs now)."""
+        point = {"step": step, **(figures or meter(self.model, self.tokenizer, self.items, self.system))}
         self.curve.append(point)
         if self.live:
             self.live(point)
 
     def __call__(self, record: dict) -> None:
         if record["step"] % self.every == 0:
-            self._add(record["step"], meter(self.model, self.tokenizer, self.items, self.system))
+            self.measure(record["step"])

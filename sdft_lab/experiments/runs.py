@@ -10,6 +10,7 @@
     python -m sdft_lab.experiments knowledge --out runs/knowledge
     python -m sdft_lab.experiments sequential --steps 8 --out runs/sequential
     python -m sdft_lab.experiments pareto --task science --lrs 3e-4 1e-3 3e-3
+    python -m sdft_lab.experiments workshop     # notebook 03's run: the learning meter, ≤ 10 min (workshop.py)
 
 Each run writes results.json and HTML plots to its folder.
 """
@@ -198,7 +199,7 @@ def save(out: Path, results: dict) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("experiment", choices=["knowledge", "sequential", "pareto"])
+    parser.add_argument("experiment", choices=["knowledge", "sequential", "pareto", "workshop"])
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--config", type=Path, help="a RunConfig file (YAML / JSON) for the shared run settings")
     parser.add_argument("--lrs", type=float, nargs="+", default=[3e-4, 1e-3, 3e-3], help="pareto only")
@@ -222,6 +223,12 @@ def main(argv: list[str] | None = None) -> dict:
         run = replace(run, sdft=replace(run.sdft, max_new_tokens=args.max_new_tokens))
     cfg = ExperimentConfig(run, retention_every=args.retention_every, eval_limit=args.eval_limit)
     out = args.out or Path("runs") / args.experiment
+    if args.experiment == "workshop":  # the recipe's own settings; --model and --steps apply
+        from .workshop import WorkshopConfig, reading, workshop
+
+        results = workshop(out, WorkshopConfig(model=args.model or "bundled", steps=args.steps), reuse=False)
+        print(reading(results))
+        return results
     if args.experiment == "pareto":
         results = pareto(out, cfg, tuple(args.lrs), args.task)
     else:

@@ -139,3 +139,88 @@ def benchmark_retention(rows: list[dict]) -> go.Figure:
     fig.update_layout(barmode="group", height=350, yaxis_range=[0, 1], yaxis_title="accuracy",
                       title="Retention: standard benchmarks (lm-eval) and the bundled probes")
     return fig
+
+
+METER_TARGETS = {"passage": "fact passage", "answer": "framed answer"}
+
+
+class LiveMeter:
+    """The learning meter (eval/meter.py) of several runs side by side, one panel per run, redrawn as each
+    point comes in: each target's mean log-prob on the held-out questions (all kinds), with the base (step 0)
+    and the teacher ceiling (the base with the passage in context) as lines once `frame()` has them.
+
+    `live(name)` is the MeterCallback's `live=` for run `name`; `LiveMeter.of(results)` draws a finished run.
+    """
+
+    def __init__(self, runs: tuple[str, ...] = ("sft", "sdft")):
+        self.runs, self.handle = list(runs), None
+        self.colors = dict(zip(METER_TARGETS, px.colors.qualitative.Plotly))
+        self.fig = make_subplots(rows=1, cols=len(runs), subplot_titles=runs, shared_yaxes=True)
+        for col, _ in enumerate(runs, 1):
+            for target, label in METER_TARGETS.items():
+                self.fig.add_trace(go.Scatter(x=[], y=[], mode="lines+markers", name=label, legendgroup=target,
+                                              line_color=self.colors[target], showlegend=col == 1), row=1, col=col)
+            self.fig.update_xaxes(title_text="step", row=1, col=col)
+        self.fig.update_yaxes(title_text="log-prob per token (nats)", row=1, col=1)
+        self.fig.update_layout(title="Learning meter on the held-out questions (dotted: base, dashed: teacher ceiling)",
+                               height=400, margin=dict(t=70, b=40, l=60, r=20), legend=dict(orientation="h", y=-0.25))
+
+    def frame(self, base: dict, ceiling: dict) -> None:
+        """The base's and the teacher ceiling's figures (eval.meter's) as horizontal lines in every panel."""
+        for col, _ in enumerate(self.runs, 1):
+            for target in METER_TARGETS:
+                for value, dash in ((base[target]["all"], "dot"), (ceiling[target]["all"], "dash")):
+                    self.fig.add_hline(y=value, line_dash=dash, line_color=self.colors[target], opacity=0.6,
+                                       row=1, col=col)
+
+    def __call__(self, run: str) -> Callable[[dict], None]:
+        col = self.runs.index(run)
+        traces = self.fig.data[col * len(METER_TARGETS):(col + 1) * len(METER_TARGETS)]
+
+        def callback(point: dict) -> None:
+            for trace, target in zip(traces, METER_TARGETS):
+                trace.x, trace.y = trace.x + (point["step"],), trace.y + (point[target]["all"],)
+            self.show()
+
+        return callback
+
+    @classmethod
+    def of(cls, results: dict, runs: tuple[str, ...] = ("sft", "sdft")) -> go.Figure:
+        """The figure of a finished run (experiments.workshop's results), not displayed."""
+        live = cls(runs)
+        live.show = lambda: None
+        live.frame(results["base"]["meter"], results["ceiling"]["meter"])
+        for run in runs:
+            for point in results[run]["meter_curve"]:
+                live(run)(point)
+        return live.fig
+
+    def show(self) -> None:
+        from IPython.display import display
+
+        if self.handle is None:
+            self.handle = display(self.fig, display_id=True)
+        else:
+            self.handle.update(self.fig)
+
+
+def search_figure(results: dict) -> go.Figure:
+    """The recipe search (experiments/search.py): each configuration's fact-likelihood gain against its
+    retention, ± one sd over its seeds, with the base's retention and its one-SE band."""
+    fig = go.Figure()
+    base, n = results["base_retention"], results["n_probes"]
+    se = (base * (1 - base) / n) ** 0.5
+    fig.add_vrect(x0=base - se, x1=base + se, fillcolor="grey", opacity=0.15, line_width=0)
+    fig.add_vline(x=base, line_dash="dot", annotation_text="base ± 1 SE")
+    for method, color in zip(("sft", "sdft"), px.colors.qualitative.Plotly[2:]):
+        rows = [r for r in results["summary"] if r["method"] == method]
+        sd = lambda r, k: r[k]["sd"] or 0  # noqa: E731
+        fig.add_trace(go.Scatter(
+            x=[r["retention"]["mean"] for r in rows], y=[r["passage_gain"]["mean"] for r in rows], mode="markers",
+            name=method, marker=dict(color=color, size=[14 if len(r["seeds"]) > 1 else 8 for r in rows]),
+            error_x=dict(array=[sd(r, "retention") for r in rows]), error_y=dict(array=[sd(r, "passage_gain") for r in rows]),
+            text=[r["name"] for r in rows], hovertemplate="%{text}<br>retention %{x:.3f}<br>gain %{y:.2f}<extra></extra>"))
+    fig.update_layout(title="Recipe search: fact likelihood gain vs retention (large: several seeds, ± 1 sd)",
+                      xaxis_title="retention probes after training", yaxis_title="passage log-prob gain (nats/token)",
+                      height=420)
+    return fig

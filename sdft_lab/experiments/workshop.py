@@ -1,0 +1,107 @@
+"""Notebook 03's run: SFT and SDFT inject the same invented facts with the workshop recipe
+(recipes.workshop_knowledge), each watched by the learning meter as it trains, with retention and greedy
+answers before and after. ≤ 10 minutes on 2 CPU cores with the bundled model.
+
+    python -m sdft_lab.experiments workshop --out runs/workshop
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from ..eval import load_knowledge, load_probes, mc_accuracy
+from ..eval.knowledge import QA_TOKENS
+from ..eval.meter import MeterCallback, meter
+from ..models import load
+from ..prompts import encode, render_chat
+from ..recipes import workshop_knowledge
+from ..report import machine
+from ..rollout import greedy
+from ..trainer import Trainer
+from .runs import student_of
+
+
+@dataclass
+class WorkshopConfig:
+    model: str = "bundled"
+    facts: int = 8  # the first N invented facts (two training questions each)
+    steps: int | None = None  # None: the recipe's
+    meter_every: int = 8  # steps between two points of the learning meter
+    probe_stride: int = 2  # every 2nd retention probe: 60 of 120, every category alike, half the time
+    answers: int = 3  # facts whose direct question is answered before and after
+    smoke: bool = False  # a few tokens and one step: what the test suite runs
+
+
+def answers(model, tok, questions: list[str], system: str | None, tokens: int) -> list[str]:
+    return greedy(model, tok, [encode(tok, render_chat(tok, q, system)) for q in questions], tokens)[0]
+
+
+def workshop(out: Path, cfg: WorkshopConfig | None = None, live=None, reuse: bool = True, loaded=None) -> dict:
+    """reuse=True returns a finished run with the same config from out/results.json; live: a plots.LiveMeter
+    to draw both runs as they train; loaded: (model, tokenizer) of cfg.model if already loaded (no adapter)."""
+    cfg = cfg or WorkshopConfig()
+    path = out / "results.json"
+    if reuse and path.exists() and (saved := json.loads(path.read_text())).get("config") == asdict(cfg):
+        return saved
+    sdft_run, sft_run = workshop_knowledge(**({"steps": cfg.steps} if cfg.steps else {}))
+    if cfg.smoke:
+        sdft_run = replace(sdft_run, train=replace(sdft_run.train, steps=1),
+                           sdft=replace(sdft_run.sdft, max_new_tokens=4))
+        sft_run = replace(sft_run, train=replace(sft_run.train, steps=1))
+    system = sdft_run.sdft.prompts.system
+    knowledge = load_knowledge()
+    facts = sorted(knowledge.passages)[: 2 if cfg.smoke else cfg.facts]
+    examples = [ex for ex in knowledge.train if ex.metadata["fact"] in facts]
+    items = [it for it in knowledge.eval if it.fact in facts]
+    shown = [it for it in items if it.kind == "direct"][: cfg.answers]
+    probes = load_probes()[:: 12 if cfg.smoke else cfg.probe_stride]
+    tokens = 8 if cfg.smoke else QA_TOKENS
+    base, tok = loaded or load(cfg.model)
+    start = time.perf_counter()
+    results = {"config": asdict(cfg), "date": time.strftime("%Y-%m-%d"),
+               "machine": machine(next(base.parameters()).device),
+               "recipe": {"sdft": sdft_run.to_dict(), "sft": sft_run.to_dict()},
+               "questions": [it.question for it in shown], "accepted": [it.answers[0] for it in shown],
+               "base": {"meter": meter(base, tok, items, system), "retention": mc_accuracy(base, tok, probes),
+                        "answers": answers(base, tok, [it.question for it in shown], system, tokens)},
+               "ceiling": {"meter": meter(base, tok, items, system, with_passage=True)}, "n_probes": len(probes)}
+    if live:
+        live.frame(results["base"]["meter"], results["ceiling"]["meter"])
+    for method, run in (("sft", sft_run), ("sdft", sdft_run)):
+        with student_of(base, run) as model:
+            callback = MeterCallback(model, tok, items, cfg.meter_every, system, start=results["base"]["meter"],
+                                     live=live(method) if live else None)
+            t0 = time.perf_counter()
+            history = Trainer(model, tok, run.objective(), examples, replace(run.train, report=False),
+                              callbacks=(callback,)).train()
+            if callback.curve[-1]["step"] != len(history):  # the last step, where `every` does not divide them
+                callback.measure(len(history))
+            results[method] = {"meter_curve": callback.curve, "train_s": time.perf_counter() - t0,
+                               "retention": mc_accuracy(model, tok, probes),
+                               "answers": answers(model, tok, [it.question for it in shown], system, tokens),
+                               "loss": [r["loss"] for r in history]}
+    results["total_s"] = time.perf_counter() - start
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1))
+    return results
+
+
+def reading(results: dict) -> str:
+    """The run in plain sentences: what each method did to the fact likelihood and to retention."""
+    base, ceiling = results["base"]["meter"], results["ceiling"]["meter"]
+    n = results["n_probes"]
+    se = (results["base"]["retention"]["overall"] * (1 - results["base"]["retention"]["overall"]) / n) ** 0.5
+    lines = [f"Base: passage {base['passage']['all']:.2f}, answer {base['answer']['all']:.2f} nats per token; "
+             f"teacher ceiling: passage {ceiling['passage']['all']:.2f}, answer {ceiling['answer']['all']:.2f}. "
+             f"Retention {results['base']['retention']['overall']:.2f} on {n} probes (± {se:.2f}, one SE)."]
+    for m in ("sft", "sdft"):
+        last = results[m]["meter_curve"][-1]
+        ret = results[m]["retention"]["overall"] - results["base"]["retention"]["overall"]
+        lines.append(f"{m.upper()}: passage {last['passage']['all'] - base['passage']['all']:+.2f}, answer "
+                     f"{last['answer']['all'] - base['answer']['all']:+.2f} nats after {last['step']} steps "
+                     f"({results[m]['train_s'] / 60:.1f} min); retention {ret:+.2f} "
+                     f"({'within' if abs(ret) <= se else 'outside'} one SE).")
+    return "\n".join(lines)

@@ -1,0 +1,85 @@
+"""Recipes: the CLI, the notebook and the search agree on the workshop recipe; the live learning-meter figure."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sdft_lab.cli import parser, resolve
+from sdft_lab.experiments.search import SYSTEMS, settings_of
+from sdft_lab.prompts import TEMPLATES
+from sdft_lab.recipes import RECIPES, workshop_knowledge
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def test_cli_recipe_is_the_library_recipe_and_flags_override_it():
+    sdft, sft = workshop_knowledge()
+    got = resolve(parser().parse_args(["train", "--recipe", "workshop-knowledge"]))
+    assert got.sdft == sdft.sdft and got.train.lr == sdft.train.lr and got.data == "knowledge"
+    assert got.train.checkpoint_dir.endswith("checkpoints")  # OUT/checkpoints, where --resume looks
+    got = resolve(parser().parse_args(["train", "--recipe", "workshop-knowledge", "--method", "sft", "--lr", "5e-4"]))
+    assert got.method == "sft" and got.sft == sft.sft and got.train.lr == 5e-4
+    with pytest.raises(SystemExit, match="unknown recipe 'nope'"):
+        resolve(parser().parse_args(["train", "--recipe", "nope"]))
+    with pytest.raises(SystemExit, match="not both"):
+        resolve(parser().parse_args(["train", "--recipe", "workshop-knowledge", "--config", "x.json"]))
+    assert set(RECIPES) == {"workshop-knowledge"}
+
+
+def test_the_recipe_is_what_the_search_chose():
+    """recipes.workshop_knowledge() holds the settings of the configurations docs/recipe_search.json chose."""
+    results = json.loads((DOCS / "recipe_search.json").read_text())
+    sdft, sft = workshop_knowledge()
+    rows = {r["name"]: r["settings"] for r in results["summary"]}
+    s = rows[results["chosen"]["sdft"]]
+    assert (sdft.sdft.prompts.system, sdft.sdft.prompts.teacher_template) == (SYSTEMS[s["system"]], TEMPLATES[s["template"]])
+    assert (sdft.sdft.skip_first, sdft.sdft.max_new_tokens, sdft.sdft.rollouts_per_prompt) == (s["skip_first"], s["tokens"], s["k"])
+    assert (sdft.train.lr, sdft.train.batch_size, sdft.train.steps) == (s["lr"], s["prompts"], results["steps"])
+    f = rows[results["chosen"]["sft"]]
+    assert (sft.sft.prompts.system, sft.train.lr, sft.train.batch_size) == (SYSTEMS[f["system"]], f["lr"], f["prompts"])
+    assert settings_of("sft", {}) == {k: settings_of("sdft", {})[k] for k in ("system", "lr", "prompts", "facts")}
+
+
+def test_live_meter_draws_each_run_with_base_and_ceiling_lines(monkeypatch):
+    from IPython import display as ipd
+
+    from sdft_lab.inspect.plots import LiveMeter
+
+    shown = []
+    monkeypatch.setattr(ipd, "display", lambda fig, display_id: shown.append(fig) or type("H", (), {
+        "update": lambda self, f: shown.append(f)})())
+    point = lambda step, p, a: {"step": step, "passage": {"all": p}, "answer": {"all": a}}  # noqa: E731
+    live = LiveMeter(("sft", "sdft"))
+    live.frame(point(0, -3.0, -5.0), point(0, -0.5, -1.0))
+    sdft = live("sdft")
+    sdft(point(0, -3.0, -5.0)), sdft(point(8, -2.6, -4.0))
+    passage, answer = live.fig.data[2], live.fig.data[3]  # the sdft panel's two traces
+    assert passage.x == (0, 8) and passage.y == (-3.0, -2.6) and answer.y == (-5.0, -4.0)
+    assert live.fig.data[0].x == ()  # sft has no point yet
+    assert sorted(s.y0 for s in live.fig.layout.shapes) == sorted([-3.0, -5.0, -0.5, -1.0] * 2)  # both panels
+    assert len(shown) == 2 and all(f is live.fig for f in shown)
+    results = {"base": {"meter": point(0, -3, -5)}, "ceiling": {"meter": point(0, -0.5, -1)},
+               "sft": {"meter_curve": [point(0, -3, -5), point(8, -3.2, -2)]}, "sdft": {"meter_curve": [point(0, -3, -5)]}}
+    fig = LiveMeter.of(results)
+    assert fig.data[1].y == (-5, -2) and len(shown) == 2  # drawn, not displayed
+
+
+def test_workshop_runs_both_methods_with_the_meter_and_reuses_a_finished_run(tokenizer, tmp_path, monkeypatch):
+    from conftest import tiny_llama
+    from sdft_lab.experiments import workshop as ws
+
+    model = tiny_llama(tokenizer)
+    cfg = ws.WorkshopConfig(smoke=True, meter_every=1)
+    results = ws.workshop(tmp_path, cfg, loaded=(model, tokenizer))
+    for m in ("sft", "sdft"):
+        assert [p["step"] for p in results[m]["meter_curve"]] == [0, 1]
+        assert results[m]["meter_curve"][0] == {"step": 0, **results["base"]["meter"]}  # a fresh student is the base
+        assert len(results[m]["answers"]) == len(results["questions"]) == 2  # smoke: 2 facts, their direct questions
+        assert 0 <= results[m]["retention"]["overall"] <= 1
+    assert results["n_probes"] == 10 and "SDFT: passage" in ws.reading(results)
+    assert not hasattr(model, "peft_config")  # the base is left as it was
+    monkeypatch.setattr(ws, "load_knowledge", lambda: (_ for _ in ()).throw(RuntimeError("trained again")))
+    assert ws.workshop(tmp_path, cfg, loaded=(model, tokenizer)) == results
+    with pytest.raises(RuntimeError, match="trained again"):
+        ws.workshop(tmp_path, ws.WorkshopConfig(smoke=True, meter_every=2), loaded=(model, tokenizer))
