@@ -36,6 +36,7 @@ VARIANTS = {
     "sdft-topk": "SDFT, forward KL on the teacher's top 100 + tail bucket",
     "sdft-sampled": "SDFT, sampled-token estimator",
     "sdft-hf": "SDFT, rollouts from model.generate instead of the lean sampler",
+    "sdft-k2": "SDFT, 2 rollouts per prompt in one batch (rollouts_per_prompt=2): twice the rows of sdft",
     "sdft-gc": "SDFT with gradient checkpointing, as TRL's defaults have it: less memory, one more forward",
     "sdft-unmerged": "SDFT, lean sampler with the LoRA path instead of merged weights",
     "trl-full": "TRL SDFTTrainer, full_logits (its defaults otherwise)",
@@ -81,7 +82,8 @@ def sdft_config(variant: str, new_tokens: int):
     divergence = {"sdft-reverse": DivergenceConfig(kind="reverse_kl"), "sdft-jsd": DivergenceConfig(kind="jsd"),
                   "sdft-topk": DivergenceConfig(top_k=TOP_K), "sdft-sampled": DivergenceConfig(kind="sampled")}
     return SDFTConfig(max_new_tokens=new_tokens, divergence=divergence.get(variant, DivergenceConfig()),
-                      engine="hf" if variant == "sdft-hf" else "auto")
+                      engine="hf" if variant == "sdft-hf" else "auto",
+                      rollouts_per_prompt=2 if variant == "sdft-k2" else 1)
 
 
 def run_variant(variant: str, prompts: int, steps: int, new_tokens: int) -> dict:

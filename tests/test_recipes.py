@@ -59,10 +59,12 @@ def test_live_meter_draws_each_run_with_base_and_ceiling_lines(monkeypatch):
     assert live.fig.data[0].x == ()  # sft has no point yet
     assert sorted(s.y0 for s in live.fig.layout.shapes) == sorted([-3.0, -5.0, -0.5, -1.0] * 2)  # both panels
     assert len(shown) == 2 and all(f is live.fig for f in shown)
-    results = {"base": {"meter": point(0, -3, -5)}, "ceiling": {"meter": point(0, -0.5, -1)},
-               "sft": {"meter_curve": [point(0, -3, -5), point(8, -3.2, -2)]}, "sdft": {"meter_curve": [point(0, -3, -5)]}}
+    results = {"sft": {"base_meter": point(0, -3, -5), "meter_curve": [point(0, -3, -5), point(8, -3.2, -2)]},
+               "sdft": {"base_meter": point(0, -4, -6), "ceiling_meter": point(0, -0.5, -1),
+                        "meter_curve": [point(0, -4, -6)]}}
     fig = LiveMeter.of(results)
     assert fig.data[1].y == (-5, -2) and len(shown) == 2  # drawn, not displayed
+    assert sorted(s.y0 for s in fig.layout.shapes) == sorted([-3, -5, -4, -6, -0.5, -1])  # SFT has no ceiling
 
 
 def test_workshop_runs_both_methods_with_the_meter_and_reuses_a_finished_run(tokenizer, tmp_path, monkeypatch):
@@ -74,10 +76,13 @@ def test_workshop_runs_both_methods_with_the_meter_and_reuses_a_finished_run(tok
     results = ws.workshop(tmp_path, cfg, loaded=(model, tokenizer))
     for m in ("sft", "sdft"):
         assert [p["step"] for p in results[m]["meter_curve"]] == [0, 1]
-        assert results[m]["meter_curve"][0] == {"step": 0, **results["base"]["meter"]}  # a fresh student is the base
-        assert len(results[m]["answers"]) == len(results["questions"]) == 2  # smoke: 2 facts, their direct questions
+        assert results[m]["meter_curve"][0] == {"step": 0, **results[m]["base_meter"]}  # a fresh student is the base
+        assert len(results[m]["answers"]) == len(results[m]["base_answers"]) == len(results["questions"]) == 2  # 2 facts
         assert 0 <= results[m]["retention"]["overall"] <= 1
-    assert results["n_probes"] == 10 and "SDFT: passage" in ws.reading(results)
+    assert results["sft"]["system"] != results["sdft"]["system"]  # each measured with its own system prompt
+    assert results["sft"]["base_meter"] != results["sdft"]["base_meter"]
+    assert "ceiling_meter" in results["sdft"] and "ceiling_meter" not in results["sft"]  # only SDFT has a teacher
+    assert results["n_probes"] == 10 and "SDFT (1 steps" in ws.reading(results)
     assert not hasattr(model, "peft_config")  # the base is left as it was
     monkeypatch.setattr(ws, "load_knowledge", lambda: (_ for _ in ()).throw(RuntimeError("trained again")))
     assert ws.workshop(tmp_path, cfg, loaded=(model, tokenizer)) == results

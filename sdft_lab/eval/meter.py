@@ -56,6 +56,7 @@ def meter(model, tokenizer, items: list[QAItem], system: str | None = None, with
         for name, (target, first) in zip(TARGETS, _rows(tokenizer, it)):
             last = len(target) - (1 if name == "answer" else 0)  # the answer row's "." is context, not counted
             rows.append((prompt, target, first, last, i, name))
+    rows.sort(key=lambda r: len(r[0]) + len(r[1]))  # batches of similar length: little padding to compute
     scores: dict[tuple[int, str], float] = {}
     view = teacher_view(model, teacher_kind) if with_passage else nullcontext()
     was_training = model.training

@@ -29,8 +29,8 @@ class WorkshopConfig:
     model: str = "bundled"
     facts: int = 8  # the first N invented facts (two training questions each)
     steps: int | None = None  # None: the recipe's
-    meter_every: int = 8  # steps between two points of the learning meter
-    probe_stride: int = 2  # every 2nd retention probe: 60 of 120, every category alike, half the time
+    meter_every: int = 12  # steps between two points of the learning meter (each ≈ 18 s on 2 cores)
+    probe_stride: int = 3  # every 3rd retention probe: 40 of 120, every category alike, a third of the time
     answers: int = 3  # facts whose direct question is answered before and after
     smoke: bool = False  # a few tokens and one step: what the test suite runs
 
@@ -51,12 +51,11 @@ def workshop(out: Path, cfg: WorkshopConfig | None = None, live=None, reuse: boo
         sdft_run = replace(sdft_run, train=replace(sdft_run.train, steps=1),
                            sdft=replace(sdft_run.sdft, max_new_tokens=4))
         sft_run = replace(sft_run, train=replace(sft_run.train, steps=1))
-    system = sdft_run.sdft.prompts.system
     knowledge = load_knowledge()
     facts = sorted(knowledge.passages)[: 2 if cfg.smoke else cfg.facts]
     examples = [ex for ex in knowledge.train if ex.metadata["fact"] in facts]
     items = [it for it in knowledge.eval if it.fact in facts]
-    shown = [it for it in items if it.kind == "direct"][: cfg.answers]
+    shown = [it.question for it in items if it.kind == "direct"][: cfg.answers]
     probes = load_probes()[:: 12 if cfg.smoke else cfg.probe_stride]
     tokens = 8 if cfg.smoke else QA_TOKENS
     base, tok = loaded or load(cfg.model)
@@ -64,25 +63,30 @@ def workshop(out: Path, cfg: WorkshopConfig | None = None, live=None, reuse: boo
     results = {"config": asdict(cfg), "date": time.strftime("%Y-%m-%d"),
                "machine": machine(next(base.parameters()).device),
                "recipe": {"sdft": sdft_run.to_dict(), "sft": sft_run.to_dict()},
-               "questions": [it.question for it in shown], "accepted": [it.answers[0] for it in shown],
-               "base": {"meter": meter(base, tok, items, system), "retention": mc_accuracy(base, tok, probes),
-                        "answers": answers(base, tok, [it.question for it in shown], system, tokens)},
-               "ceiling": {"meter": meter(base, tok, items, system, with_passage=True)}, "n_probes": len(probes)}
-    if live:
-        live.frame(results["base"]["meter"], results["ceiling"]["meter"])
-    for method, run in (("sft", sft_run), ("sdft", sdft_run)):
+               "questions": shown, "accepted": [it.answers[0] for it in items if it.kind == "direct"][: cfg.answers],
+               "base": {"retention": mc_accuracy(base, tok, probes)}, "n_probes": len(probes)}
+    framed: dict = {}  # the base's figures per system prompt: each method is measured with its own
+    for method, run, system in (("sft", sft_run, sft_run.sft.prompts.system),
+                                ("sdft", sdft_run, sdft_run.sdft.prompts.system)):
+        if system not in framed:
+            framed[system] = {"base_meter": meter(base, tok, items, system),
+                              "base_answers": answers(base, tok, shown, system, tokens)}
+        results[method] = {"system": system, **framed[system]}
+        if method == "sdft":  # only SDFT has a teacher: the base with the passage in its context
+            results[method]["ceiling_meter"] = meter(base, tok, items, system, with_passage=True)
+        if live:
+            live.frame(results[method]["base_meter"], results[method].get("ceiling_meter"), run=method)
         with student_of(base, run) as model:
-            callback = MeterCallback(model, tok, items, cfg.meter_every, system, start=results["base"]["meter"],
+            callback = MeterCallback(model, tok, items, cfg.meter_every, system, start=framed[system]["base_meter"],
                                      live=live(method) if live else None)
             t0 = time.perf_counter()
             history = Trainer(model, tok, run.objective(), examples, replace(run.train, report=False),
                               callbacks=(callback,)).train()
             if callback.curve[-1]["step"] != len(history):  # the last step, where `every` does not divide them
                 callback.measure(len(history))
-            results[method] = {"meter_curve": callback.curve, "train_s": time.perf_counter() - t0,
-                               "retention": mc_accuracy(model, tok, probes),
-                               "answers": answers(model, tok, [it.question for it in shown], system, tokens),
-                               "loss": [r["loss"] for r in history]}
+            results[method].update(meter_curve=callback.curve, train_s=time.perf_counter() - t0,
+                                   retention=mc_accuracy(model, tok, probes),
+                                   answers=answers(model, tok, shown, system, tokens), loss=[r["loss"] for r in history])
     results["total_s"] = time.perf_counter() - start
     out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=1))
@@ -91,17 +95,19 @@ def workshop(out: Path, cfg: WorkshopConfig | None = None, live=None, reuse: boo
 
 def reading(results: dict) -> str:
     """The run in plain sentences: what each method did to the fact likelihood and to retention."""
-    base, ceiling = results["base"]["meter"], results["ceiling"]["meter"]
-    n = results["n_probes"]
-    se = (results["base"]["retention"]["overall"] * (1 - results["base"]["retention"]["overall"]) / n) ** 0.5
-    lines = [f"Base: passage {base['passage']['all']:.2f}, answer {base['answer']['all']:.2f} nats per token; "
-             f"teacher ceiling: passage {ceiling['passage']['all']:.2f}, answer {ceiling['answer']['all']:.2f}. "
-             f"Retention {results['base']['retention']['overall']:.2f} on {n} probes (± {se:.2f}, one SE)."]
+    n, kept = results["n_probes"], results["base"]["retention"]["overall"]
+    se = (kept * (1 - kept) / n) ** 0.5
+    lines = [f"Base retention {kept:.2f} on {n} probes (one standard error: {se:.2f})."]
     for m in ("sft", "sdft"):
-        last = results[m]["meter_curve"][-1]
-        ret = results[m]["retention"]["overall"] - results["base"]["retention"]["overall"]
-        lines.append(f"{m.upper()}: passage {last['passage']['all'] - base['passage']['all']:+.2f}, answer "
-                     f"{last['answer']['all'] - base['answer']['all']:+.2f} nats after {last['step']} steps "
-                     f"({results[m]['train_s'] / 60:.1f} min); retention {ret:+.2f} "
-                     f"({'within' if abs(ret) <= se else 'outside'} one SE).")
+        r = results[m]
+        base, last = r["base_meter"], r["meter_curve"][-1]
+        ceiling = {t: f"; teacher ceiling {r['ceiling_meter'][t]['all']:.2f}" if "ceiling_meter" in r else ""
+                   for t in ("passage", "answer")}
+        ret = r["retention"]["overall"] - kept
+        lines.append(
+            f"{m.upper()} ({last['step']} steps, {r['train_s'] / 60:.1f} min of training): passage "
+            f"{base['passage']['all']:.2f} → {last['passage']['all']:.2f} ({last['passage']['all'] - base['passage']['all']:+.2f}"
+            f" nats per token{ceiling['passage']}), answer {base['answer']['all']:.2f} → {last['answer']['all']:.2f} "
+            f"({last['answer']['all'] - base['answer']['all']:+.2f}{ceiling['answer']}); retention {ret:+.2f}, "
+            f"{'within' if abs(ret) <= se else 'outside'} one SE.")
     return "\n".join(lines)

@@ -165,11 +165,16 @@ class LiveMeter:
         self.fig.update_layout(title="Learning meter on the held-out questions (dotted: base, dashed: teacher ceiling)",
                                height=400, margin=dict(t=70, b=40, l=60, r=20), legend=dict(orientation="h", y=-0.25))
 
-    def frame(self, base: dict, ceiling: dict) -> None:
-        """The base's and the teacher ceiling's figures (eval.meter's) as horizontal lines in every panel."""
-        for col, _ in enumerate(self.runs, 1):
+    def frame(self, base: dict, ceiling: dict | None, run: str | None = None) -> None:
+        """The base's and the teacher ceiling's figures (eval.meter's) as horizontal lines in run's panel (all
+        panels when None): each run is measured with its own system prompt, so each has its own frame.
+        ceiling None: a run without a teacher (SFT)."""
+        for col, name in enumerate(self.runs, 1):
+            if run not in (None, name):
+                continue
             for target in METER_TARGETS:
-                for value, dash in ((base[target]["all"], "dot"), (ceiling[target]["all"], "dash")):
+                lines = [(base[target]["all"], "dot")] + ([(ceiling[target]["all"], "dash")] if ceiling else [])
+                for value, dash in lines:
                     self.fig.add_hline(y=value, line_dash=dash, line_color=self.colors[target], opacity=0.6,
                                        row=1, col=col)
 
@@ -189,8 +194,8 @@ class LiveMeter:
         """The figure of a finished run (experiments.workshop's results), not displayed."""
         live = cls(runs)
         live.show = lambda: None
-        live.frame(results["base"]["meter"], results["ceiling"]["meter"])
         for run in runs:
+            live.frame(results[run]["base_meter"], results[run].get("ceiling_meter"), run)
             for point in results[run]["meter_curve"]:
                 live(run)(point)
         return live.fig
