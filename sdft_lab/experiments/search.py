@@ -49,7 +49,7 @@ START = {"system": "short", "template": "context-first", "skip_first": 0, "lr": 
 PAPER = {"system": "none", "template": "paper", "skip_first": 3, "lr": 1e-3}
 # (method, changes to START), in the order they run; SFT uses only system, lr, prompts and facts. k = 2 halves
 # the prompts, so that a step decodes as many rows (4) as every other trial. 4 questions per step keep a
-# workshop run of both methods under 10 minutes on 2 CPU cores.
+# workshop run of both methods near 10 minutes on 2 CPU cores.
 TRIALS = [
     ("sft", {"lr": 1e-3}),
     ("sft", {"system": "none", "lr": 1e-3}),
