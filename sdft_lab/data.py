@@ -37,7 +37,8 @@ BUNDLED = {
     "toolcall": DATA_DIR / "skills" / "toolcall.jsonl",
     "science": DATA_DIR / "skills" / "science.jsonl",
 }
-KNOWLEDGE = "knowledge"  # the training questions of data/knowledge/facts.jsonl
+KNOWLEDGE = "knowledge"  # the training questions of FACTS
+FACTS = DATA_DIR / "knowledge" / "facts.jsonl"
 FIELDS = {"id": str, "question": str, "demonstration": str, "answer": (str, type(None)), "references": list,
           "system": (str, type(None)), "metadata": dict}
 FORMATS = ("sdft", "trl", "chat", "prompt_completion")
@@ -215,6 +216,25 @@ def to_example(fields: dict, where: str, extras: dict[str, list[str]]) -> Exampl
 # Loading and saving
 
 
+def read_facts(path: str | Path = FACTS):
+    """(line number, record) of each invented fact (data/knowledge/facts.jsonl; eval/knowledge.py has the rest)."""
+    for lineno, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({err.msg}).") from None
+
+
+def fact_examples(fact: dict) -> list[Example]:
+    """A fact's training questions as Examples, each demonstration the other's second reference (pre-flight)."""
+    fid = fact["id"]
+    demos = [t["demonstration"] for t in fact["train"]]
+    return [Example(t["question"], t["demonstration"], id=f"{fid}-t{j}", answer=fact["eval"][0]["answers"][0],
+                    references=[d for d in demos if d != t["demonstration"]][:1], metadata={"fact": fid})
+            for j, t in enumerate(fact["train"])]
+
+
 def load_dataset(source, format: str | None = None, split: str | None = None, **columns: str) -> list[Example]:
     """A bundled set by name (BUNDLED), a .jsonl / .json / .csv / .parquet path, or a datasets.Dataset (a
     DatasetDict with split=). format: one of FORMATS, detected from the columns when None. columns: an
@@ -226,10 +246,8 @@ def read(source, format: str | None = None, split: str | None = None, **columns:
     """load_dataset's examples and the format they were read as."""
     if format is not None and format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS} or None (detect), got {format!r}")
-    if source == KNOWLEDGE:  # two training questions per invented fact (eval/knowledge.py reads its own format)
-        from .eval.knowledge import load_knowledge
-
-        return load_knowledge().train, "sdft"
+    if source == KNOWLEDGE:  # two training questions per invented fact
+        return [ex for _, fact in read_facts() for ex in fact_examples(fact)], "sdft"
     if isinstance(source, (str, os.PathLike)):
         path = Path(BUNDLED.get(str(source), source))
         if not path.is_file():

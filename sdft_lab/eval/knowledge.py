@@ -4,12 +4,11 @@ lenient accuracy per kind (direct / indirect / OOD), with the teacher ceiling (t
 
 from __future__ import annotations
 
-import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..data import DATA_DIR, DataError, Example
+from ..data import FACTS, DataError, Example, fact_examples, read_facts
 from ..models import teacher_view
 from ..prompts import encode, fill, render_chat
 from ..rollout import greedy
@@ -38,24 +37,16 @@ class Knowledge:
     passages: dict[str, str] = field(default_factory=dict)
 
 
-def load_knowledge(path: str | Path = DATA_DIR / "knowledge" / "facts.jsonl") -> Knowledge:
+def load_knowledge(path: str | Path = FACTS) -> Knowledge:
     """Training examples (two per fact, each other's second reference) and held-out QA items."""
     train, items, passages = [], [], {}
-    for lineno, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
+    for lineno, fact in read_facts(path):
         try:
-            fact = json.loads(line)
+            train += fact_examples(fact)
             fid, passage = fact["id"], fact["passage"]
-            demos = [t["demonstration"] for t in fact["train"]]
-            for j, t in enumerate(fact["train"]):
-                train.append(Example(t["question"], t["demonstration"], id=f"{fid}-t{j}",
-                                     answer=fact["eval"][0]["answers"][0],
-                                     references=[d for d in demos if d != t["demonstration"]][:1],
-                                     metadata={"fact": fid}))
             items += [QAItem(fid, e["kind"], e["question"], e["answers"], e.get("wrong", []), passage) for e in fact["eval"]]
             passages[fid] = passage
-        except (KeyError, TypeError, IndexError, json.JSONDecodeError) as err:
+        except (KeyError, TypeError, IndexError) as err:
             raise DataError(f"{path}:{lineno}: not a valid fact record ({type(err).__name__}: {err}).") from None
     return Knowledge(train, items, passages)
 
