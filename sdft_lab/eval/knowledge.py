@@ -36,6 +36,11 @@ class Knowledge:
     eval: list[QAItem]
     passages: dict[str, str] = field(default_factory=dict)
 
+    def first(self, n: int) -> tuple[list[Example], list[QAItem]]:
+        """The training examples and held-out items of the first n facts (by id)."""
+        facts = set(sorted(self.passages)[:n])
+        return [ex for ex in self.train if ex.metadata["fact"] in facts], [it for it in self.eval if it.fact in facts]
+
 
 def load_knowledge(path: str | Path = FACTS) -> Knowledge:
     """Training examples (two per fact, each other's second reference) and held-out QA items."""

@@ -99,9 +99,7 @@ def run_config(method: str, s: dict, seed: int, steps: int = STEPS) -> RunConfig
 def trial(base, tok, method: str, s: dict, seed: int, cache: dict, steps: int = STEPS) -> dict:
     """One training run and its measurements; cache holds the base's figures per (facts, system)."""
     knowledge, system = load_knowledge(), SYSTEMS[s["system"]]
-    facts = sorted(knowledge.passages)[: s["facts"]]
-    examples = [ex for ex in knowledge.train if ex.metadata["fact"] in facts]
-    items = [it for it in knowledge.eval if it.fact in facts]
+    examples, items = knowledge.first(s["facts"])
     key = (s["facts"], s["system"])
     if key not in cache:
         cache[key] = {"meter": meter(base, tok, items, system),

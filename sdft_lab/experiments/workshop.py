@@ -52,9 +52,7 @@ def workshop(out: Path, cfg: WorkshopConfig | None = None, live=None, reuse: boo
                            sdft=replace(sdft_run.sdft, max_new_tokens=4))
         sft_run = replace(sft_run, train=replace(sft_run.train, steps=1))
     knowledge = load_knowledge()
-    facts = sorted(knowledge.passages)[: 2 if cfg.smoke else cfg.facts]
-    examples = [ex for ex in knowledge.train if ex.metadata["fact"] in facts]
-    items = [it for it in knowledge.eval if it.fact in facts]
+    examples, items = knowledge.first(2 if cfg.smoke else cfg.facts)
     shown = [it.question for it in items if it.kind == "direct"][: cfg.answers]
     probes = load_probes()[:: 12 if cfg.smoke else cfg.probe_stride]
     tokens = 8 if cfg.smoke else QA_TOKENS
