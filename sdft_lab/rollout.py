@@ -27,6 +27,7 @@ class Completions:
     ids: torch.Tensor  # [B, T] token ids, padded after EOS
     mask: torch.Tensor  # [B, T] 1 for real tokens, including the first EOS
     texts: list[str]
+    engine: str = ""  # what sampled them: "lean (W·xᵀ 5/6)" with the layouts it measured, or "hf"
 
     @property
     def lengths(self) -> torch.Tensor:
@@ -91,8 +92,9 @@ def sample(
 ) -> Completions:
     """Sample one completion per prompt. temperature 0 is greedy. Reproducible for a given seed.
 
-    engine: "lean" (sampler.py's loop, llama-family models), "hf" (`model.generate`),
-    or "auto" (lean where supported). Both draw the same tokens for the same seed.
+    engine: "lean" (sampler.py's loop, llama-family models; its matmul layout measured on this machine),
+    "hf" (`model.generate`), or "auto" (lean where supported). Both draw the same tokens for the same seed;
+    the result's `engine` says which ran.
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
@@ -119,7 +121,9 @@ def sample(
                                      eos, tokenizer.pad_token_id)
     finally:
         model.train(was_training)
-    return completions_from_ids(new.tolist(), tokenizer, eos, tokenizer.pad_token_id)
+    out = completions_from_ids(new.tolist(), tokenizer, eos, tokenizer.pad_token_id)
+    out.engine = f"lean ({sampler.layouts()})" if lean else "hf"
+    return out
 
 
 def generate_clean(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, temperature: float,
@@ -180,6 +184,29 @@ def completion_hidden(model, prompts: list[list[int]], completions: Completions)
     hidden = decoder(model)(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False).last_hidden_state
     P, T = p_ids.shape[1], completions.ids.shape[1]
     return hidden[:, P - 1 : P + T - 1]
+
+
+def branch_hidden(model, prompts: list[list[int]], completions: Completions, of: list[int]) -> torch.Tensor:
+    """completion_hidden for completions that share prompts: completion r follows prompts[of[r]].
+
+    Each prompt runs once and its keys and values serve all its completions, so the k options of a
+    multiple-choice question, or the answer and the passage after one meter question, cost one pass over the
+    question instead of k. For scoring only (no gradient through the shared cache).
+    """
+    device = next(model.parameters()).device
+    body = decoder(model)
+    p_ids, p_mask = (t.to(device) for t in left_pad(prompts, 0))
+    prefix = body(input_ids=p_ids, attention_mask=p_mask, position_ids=(p_mask.cumsum(-1) - 1).clamp(min=0),
+                  use_cache=True)
+    rows = torch.tensor(of, device=device)
+    cache = prefix.past_key_values
+    cache.batch_select_indices(rows)  # one copy of its prompt's keys and values per completion
+    ids, mask = completions.ids.to(device), completions.mask.to(device)
+    positions = p_mask.sum(-1)[rows, None] + torch.arange(ids.shape[1], device=device)
+    hidden = body(input_ids=ids, attention_mask=torch.cat([p_mask[rows], mask], 1), position_ids=positions,
+                  past_key_values=cache, use_cache=True).last_hidden_state
+    # token 0 is predicted by the prompt's last position (left padding puts it in the last column), token t by t-1
+    return torch.cat([prefix.last_hidden_state[rows, -1:], hidden[:, :-1]], 1)
 
 
 @torch.no_grad()

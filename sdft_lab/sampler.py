@@ -6,14 +6,18 @@ values in a preallocated cache, and decodes one token per step through the same
 modules the model uses (norms, rotary embedding, projections, the LoRA adapter as
 peft applies it), so it samples the same tokens as `generate` for the same seed.
 
-Two CPU speed-ups, each the same result up to float rounding. For a few rows,
-`W @ x.T` runs ~3x faster than `x @ W.T` (what nn.Linear does) in PyTorch's CPU
-BLAS. And with a float32 base, each LoRA layer samples with a temporary merged
-weight W + s·B·A: one matmul instead of three, while the model's own weights stay
-untouched (the teacher is the base, bit for bit). bench/step_time.py measures both.
+Two CPU speed-ups, each the same result up to float rounding. Decoding multiplies a few rows by each
+weight, and which of `x @ W.T` (what nn.Linear does) and `W @ x.T` is faster depends on the CPU's BLAS:
+on a 2-core AMD EPYC (AVX2, MKL) `W @ x.T` takes a third of the time at 4 rows, elsewhere it can lose. So
+the first decode at a batch size times both over the model's own weights and keeps the faster per weight
+shape (`measure_layouts`). And with a float32 base, each LoRA layer samples with a temporary merged
+weight W + s·B·A: one matmul instead of three, while the model's own weights stay untouched (the teacher
+is the base, bit for bit). bench/step_time.py measures both.
 """
 
 from __future__ import annotations
+
+import time
 
 import torch
 import torch.nn.functional as F
@@ -75,11 +79,63 @@ def linear(module: nn.Module, x: torch.Tensor, merged: dict | None = None) -> to
     return module(x)  # quantised (bitsandbytes) layers, GPUs: the module's own kernel
 
 
+# (weight shape, dtype, rows) → whether W @ x.T beat x @ W.T there, measured on this machine
+TRANSPOSED: dict[tuple, bool] = {}
+MEASURED_ROWS = 64  # above this the product is compute-bound and both layouts run alike: x @ W.T
+
+
+def product(weight: torch.Tensor, rows: torch.Tensor, transposed: bool) -> torch.Tensor:
+    return (weight @ rows.T).T if transposed else rows @ weight.T
+
+
 def matmul(weight: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
-    """x @ W.T + b, computed as (W @ x.T).T: ~3× faster for a few rows in PyTorch's CPU BLAS."""
+    """x @ W.T + b, in the layout measured faster for this shape and number of rows (measure_layouts)."""
     rows = x.reshape(-1, x.shape[-1])
-    y = (weight @ rows.T).T.reshape(*x.shape[:-1], -1)
+    transposed = TRANSPOSED.get((tuple(weight.shape), weight.dtype, rows.shape[0]), False)
+    y = product(weight, rows, transposed).reshape(*x.shape[:-1], -1)
     return y if bias is None else y + bias
+
+
+def decode_weights(model, merged: dict) -> list[torch.Tensor]:
+    """The CPU weights a decode step multiplies by: merged ones where the adapter is folded in, else each
+    nn.Linear's (base layers, LoRA A and B, the output head)."""
+    folded = {id(sub) for m in merged for sub in (m.base_layer, *m.lora_A.values(), *m.lora_B.values())}
+    own = [m.weight for m in model.modules()
+           if type(m) is nn.Linear and id(m) not in folded and m.weight.device.type == "cpu"]
+    return list(merged.values()) + own
+
+
+def measure_layouts(weights: list[torch.Tensor], rows: int) -> None:
+    """For each weight shape not yet measured at `rows` rows, time both layouts over every weight of that
+    shape, and keep the faster in TRANSPOSED. A sweep through all of them reads the weights from memory, as
+    decoding does; one weight timed alone stays in cache, where the two layouts run alike. The inputs are
+    constants, so the random stream (the rollouts' seed) is untouched. A fraction of a second, once per
+    process and batch size."""
+    if rows > MEASURED_ROWS:
+        return
+    groups: dict[tuple, list[torch.Tensor]] = {}
+    for w in weights:
+        groups.setdefault((tuple(w.shape), w.dtype, rows), []).append(w)
+    for key, ws in groups.items():
+        if key in TRANSPOSED:
+            continue
+        x = torch.full((rows, ws[0].shape[1]), 0.01, dtype=ws[0].dtype)
+        best = {}
+        for transposed in (False, True):
+            times = []
+            for _ in range(3):  # the first sweep warms up, the best of the other two counts
+                t0 = time.perf_counter()
+                for w in ws:
+                    product(w, x, transposed)
+                times.append(time.perf_counter() - t0)
+            best[transposed] = min(times[1:])
+        TRANSPOSED[key] = best[True] < best[False]
+
+
+def layouts() -> str:
+    """Which layout decoding uses, for the metrics: e.g. "W·xᵀ 5/6" (shapes where W @ x.T won, of those measured)."""
+    won = sum(TRANSPOSED.values())
+    return f"W·xᵀ {won}/{len(TRANSPOSED)}" if TRANSPOSED else "x·Wᵀ"
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -143,6 +199,7 @@ def generate(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, 
     """
     merged = merged_weights(model)  # freed when sampling ends
     B, P = ids.shape
+    measure_layouts(decode_weights(model, merged), B)
     body, head = decoder(model), model.get_output_embeddings()
     cfg = model.config
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads

@@ -145,6 +145,7 @@ def metrics(scored: Scored) -> dict:
         "entropy": masked_mean(s["entropy"], m).item(),
         "rollout_len": scored.completions.lengths.float().mean().item(),
         "sample": scored.completions.texts[0],
+        "engine": scored.completions.engine,
         **scored.timings,
     }
 

@@ -92,8 +92,8 @@ def test_mc_accuracy_picks_the_best_scored_option_of_each_probe_and_follows_a_pe
     best = [max(range(len(o)), key=lambda k, q=q, o=o: option_scores_one_by_one(model, tok, Probe("", "", q, o, 0))[k])
             for q, o in zip(questions, options)]
     probes = [Probe(f"p{i}", "c", q, o, b) for i, (q, o, b) in enumerate(zip(questions, options, best))]
-    assert mc_accuracy(model, tok, probes, batch_size=5)["overall"] == 1.0  # 5 does not divide the 18 options
+    assert mc_accuracy(model, tok, probes, batch_size=4)["overall"] == 1.0  # 4 questions per batch: 4 + 2, 14 + 4 options
     wrong = [replace(p, answer=(p.answer + 1) % len(p.options)) for p in probes]
-    assert mc_accuracy(model, tok, wrong, batch_size=5)["overall"] == 0.0
+    assert mc_accuracy(model, tok, wrong, batch_size=4)["overall"] == 0.0
     rotated = [replace(p, options=p.options[1:] + p.options[:1], answer=(p.answer - 1) % len(p.options)) for p in probes]
-    assert mc_accuracy(model, tok, rotated, batch_size=5)["overall"] == 1.0
+    assert mc_accuracy(model, tok, rotated, batch_size=4)["overall"] == 1.0

@@ -34,7 +34,7 @@ def logp_by_hand(model, tok, question: str, text: str, first: int, end: int, sys
 
 def test_meter_equals_unbatched_passes_and_counts_only_the_answer(tiny):
     model, tok = tiny
-    out = meter(model, tok, ITEMS, system="Be brief.", batch_size=3)  # batches that split an item's two rows
+    out = meter(model, tok, ITEMS + ITEMS[:1], system="Be brief.", batch_size=2)  # 2 questions + 1, 4 + 2 rows
     assert set(out) == {"answer", "passage"} and set(out["answer"]) == {"direct", "ood", "all"}
     frame = len(encode(tok, ANSWER_FRAME))
     answer_len = len(encode(tok, f"{ANSWER_FRAME} 1907"))
@@ -44,7 +44,7 @@ def test_meter_equals_unbatched_passes_and_counts_only_the_answer(tiny):
             logp_by_hand(model, tok, it.question, text, frame, answer_len, "Be brief."), abs=1e-5)
         assert out["passage"][kind] == pytest.approx(
             logp_by_hand(model, tok, it.question, PASSAGE, 0, len(encode(tok, PASSAGE)), "Be brief."), abs=1e-5)
-    assert out["answer"]["all"] == pytest.approx((out["answer"]["direct"] + out["answer"]["ood"]) / 2)
+    assert out["answer"]["all"] == pytest.approx((2 * out["answer"]["direct"] + out["answer"]["ood"]) / 3)
 
 
 def test_meter_rises_after_sft_on_the_framed_answer_and_the_callback_records_it(tiny):

@@ -67,12 +67,59 @@ def test_unsupported_models_fall_back_to_generate(tokenizer, demo):
         sample(model, tokenizer, ps, 8, engine="vllm")
 
 
-def test_sdft_losses_are_the_same_with_either_sampler(tokenizer, demo):
+def test_sdft_losses_are_the_same_with_either_sampler_and_the_metrics_name_it(tokenizer, demo):
     model = perturbed_student(tiny_llama(tokenizer))
-    scored = {engine: SDFT(SDFTConfig(max_new_tokens=24, engine=engine)).score(model, tokenizer, demo[:4], seed=7)
-              for engine in ("lean", "hf")}
+    objective = {engine: SDFT(SDFTConfig(max_new_tokens=24, engine=engine)) for engine in ("lean", "hf", "auto")}
+    scored = {engine: o.score(model, tokenizer, demo[:4], seed=7) for engine, o in objective.items()}
     assert torch.equal(scored["lean"].completions.ids, scored["hf"].completions.ids)
     torch.testing.assert_close(scored["lean"].per_token, scored["hf"].per_token)
+    engines = {engine: o.loss(model, tokenizer, demo[:4], seed=7)[1]["engine"] for engine, o in objective.items()}
+    assert engines["hf"] == "hf" and engines["lean"].startswith("lean (W·xᵀ ") and engines["auto"] == engines["lean"]
+
+
+class Always(dict):
+    """A layout table that answers `transposed` for every shape, as if measured so."""
+
+    def __init__(self, transposed: bool):
+        super().__init__()
+        self.transposed = transposed
+
+    def get(self, key, default=None):
+        return self.transposed
+
+    def __contains__(self, key):
+        return True
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_either_matmul_layout_draws_the_same_tokens_as_generate(tokenizer, demo, monkeypatch, transposed):
+    monkeypatch.setattr(sampler, "TRANSPOSED", Always(transposed))
+    model = perturbed_student(tiny_llama(tokenizer))
+    same_tokens(model, tokenizer, prompts(tokenizer, demo), **SETTINGS[1])
+
+
+def test_layouts_are_measured_once_per_shape_and_rows_without_touching_the_random_stream(monkeypatch):
+    monkeypatch.setattr(sampler, "TRANSPOSED", {})
+    weights = [torch.randn(8, 4) for _ in range(3)] + [torch.randn(5, 4)]
+    state = torch.get_rng_state()
+    sampler.measure_layouts(weights, 2)
+    assert torch.equal(state, torch.get_rng_state())  # the rollouts' seed draws what it drew before
+    assert set(sampler.TRANSPOSED) == {((8, 4), torch.float32, 2), ((5, 4), torch.float32, 2)}
+    sampler.measure_layouts(weights, sampler.MEASURED_ROWS + 1)  # compute-bound: not measured, x @ W.T
+    assert len(sampler.TRANSPOSED) == 2
+    x = torch.randn(2, 4)
+    for transposed in (False, True):
+        torch.testing.assert_close(sampler.product(weights[0], x, transposed), x @ weights[0].T)
+
+
+def test_decode_weights_are_the_merged_ones_and_every_other_linear(tokenizer):
+    model = perturbed_student(tiny_llama(tokenizer))
+    merged = sampler.merged_weights(model)
+    weights = sampler.decode_weights(model, merged)
+    head = model.get_output_embeddings().weight
+    assert len(weights) == len(merged) + 1 and any(w is head for w in weights)  # 14 merged + the output head
+    with teacher_view(model, "base"):  # adapter off: the base layers and the LoRA A / B (unused but cheap)
+        assert len(sampler.decode_weights(model, {})) == 14 * 3 + 1
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ import torch
 from sdft_lab import SDFT, SFT, Example, SDFTConfig, TrainConfig, Trainer, add_student, evaluate_kl, sample
 from sdft_lab.models import EMA, STUDENT, add_ema_teacher, decoder, teacher_view
 from sdft_lab.prompts import PromptConfig, student_ids
-from sdft_lab.rollout import completion_hidden, completions_from_ids
+from sdft_lab.rollout import branch_hidden, completion_hidden, completions_from_ids
 
 from conftest import tiny_llama
 
@@ -88,6 +88,25 @@ def test_scoring_a_padded_batch_matches_scoring_alone(tiny):
             full = torch.tensor([p + comps.ids[i, :n].tolist()])
             alone = decoder(model)(input_ids=full).last_hidden_state[0, len(p) - 1: len(p) + n - 1]
             assert torch.allclose(batched[i, :n], alone, atol=1e-5)
+
+
+def test_completions_sharing_a_prompt_score_as_with_the_prompt_repeated(tiny):
+    """branch_hidden runs each prompt once and shares its keys and values: prompts of different lengths, 1 to 3
+    completions each, out of order, must give the hidden states of each completion scored after its own copy."""
+    model, tok = tiny
+    for p in model.parameters():  # a non-zero adapter, so that the shared prefix runs through LoRA too
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.1)
+    prompts = [[1, 20, 30, 40, 50, 60], [1, 70], [1, 80, 90]]
+    of = [1, 0, 1, 2, 0, 1]
+    comps = completions_from_ids([[11, 12, 13, 2], [14, 2], [15], [16, 17, 18, 19, 2], [20, 21], [22, 2]], tok, [2],
+                                 tok.pad_token_id)
+    with torch.no_grad():
+        shared = branch_hidden(model, prompts, comps, of)
+        repeated = completion_hidden(model, [prompts[i] for i in of], comps)
+    mask = comps.mask.bool()
+    assert shared.shape == repeated.shape
+    assert torch.allclose(shared[mask], repeated[mask], atol=1e-5)
 
 
 def test_teacher_view_turns_the_adapter_off(tiny, tokenizer):

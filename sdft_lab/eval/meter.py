@@ -9,7 +9,8 @@ model's mean per-token log-prob of
   passage  the fact's source passage, as the reply to that question (the fact in other words than the
            demonstrations: memorising a demonstration's wording does not raise it),
 
-averaged per kind. One forward pass per (question, target) row, batched, no sampling. The same figures for
+averaged per kind. One forward pass per question, its keys and values shared by both targets, batched,
+no sampling. The same figures for
 the base and for the teacher ceiling (the base with the passage in its context) frame a run's curve.
 """
 
@@ -25,7 +26,7 @@ from tqdm.auto import tqdm
 from ..losses import chunked_token_logp
 from ..models import lm_head, teacher_view
 from ..prompts import encode, fill, render_chat
-from ..rollout import Completions, completion_hidden
+from ..rollout import Completions, branch_hidden
 from .knowledge import CONTEXT_TEMPLATE, QAItem
 
 ANSWER_FRAME = "The answer is"  # + " <answer>."
@@ -44,19 +45,18 @@ def _rows(tokenizer, item: QAItem) -> list[tuple[list[int], int]]:
 
 @torch.no_grad()
 def meter(model, tokenizer, items: list[QAItem], system: str | None = None, with_passage: bool = False,
-          teacher_kind: str = "base", batch_size: int = 32) -> dict:
+          teacher_kind: str = "base", batch_size: int = 16) -> dict:
     """{"answer": {kind: mean log-prob}, "passage": {kind: …}} over the items; the answer row counts only the
     answer's tokens (not the frame, not the closing period). with_passage=True: the teacher ceiling, the
     teacher view with the passage in its context. system: the system prompt training used."""
     device = next(model.parameters()).device
-    rows = []  # (prompt ids, target ids, first and end of the counted tokens, item index, target name)
+    rows = []  # per item: (prompt ids, [(target ids, first and end of the counted tokens)] for TARGETS, index)
     for i, it in enumerate(items):
         user = fill(CONTEXT_TEMPLATE, it.question, it.passage) if with_passage else it.question
-        prompt = encode(tokenizer, render_chat(tokenizer, user, system))
-        for name, (target, first) in zip(TARGETS, _rows(tokenizer, it)):
-            last = len(target) - (1 if name == "answer" else 0)  # the answer row's "." is context, not counted
-            rows.append((prompt, target, first, last, i, name))
-    rows.sort(key=lambda r: len(r[0]) + len(r[1]))  # batches of similar length: little padding to compute
+        targets = [(t, first, len(t) - (1 if name == "answer" else 0))  # the answer's "." is context, not counted
+                   for name, (t, first) in zip(TARGETS, _rows(tokenizer, it))]
+        rows.append((encode(tokenizer, render_chat(tokenizer, user, system)), targets, i))
+    rows.sort(key=lambda r: len(r[0]) + sum(len(t[0]) for t in r[1]))  # similar lengths: little padding
     scores: dict[tuple[int, str], float] = {}
     view = teacher_view(model, teacher_kind) if with_passage else nullcontext()
     was_training = model.training
@@ -65,21 +65,23 @@ def meter(model, tokenizer, items: list[QAItem], system: str | None = None, with
         with view:
             for b in tqdm(range(0, len(rows), batch_size), desc="learning meter", leave=False):
                 chunk = rows[b:b + batch_size]
-                width = max(len(r[1]) for r in chunk)
-                ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
-                mask = torch.zeros_like(ids)
-                counted = torch.zeros_like(ids)
-                for j, (_, target, first, last, _, _) in enumerate(chunk):
+                targets = [t for r in chunk for t in r[1]]
+                width = max(len(t[0]) for t in targets)
+                ids = torch.full((len(targets), width), tokenizer.pad_token_id, dtype=torch.long)
+                mask, counted = torch.zeros_like(ids), torch.zeros_like(ids)
+                for j, (target, first, last) in enumerate(targets):
                     ids[j, : len(target)] = torch.tensor(target)
                     mask[j, : len(target)] = 1
                     counted[j, first:last] = 1
                 y = Completions(ids, mask, [])
-                logp = chunked_token_logp(completion_hidden(model, [r[0] for r in chunk], y), lm_head(model),
+                of = [j for j, r in enumerate(chunk) for _ in r[1]]  # the question runs once for both targets
+                logp = chunked_token_logp(branch_hidden(model, [r[0] for r in chunk], y, of), lm_head(model),
                                           ids.to(device), mask.to(device))
                 counted = counted.to(device)
-                means = (logp * counted).sum(-1) / counted.sum(-1).clamp(min=1)
-                for (_, _, _, _, i, name), value in zip(chunk, means.tolist()):
-                    scores[i, name] = value
+                means = ((logp * counted).sum(-1) / counted.sum(-1).clamp(min=1)).tolist()
+                for j, r in enumerate(chunk):
+                    for k, name in enumerate(TARGETS):
+                        scores[r[2], name] = means[j * len(TARGETS) + k]
     finally:
         model.train(was_training)
     out = {}

@@ -14,7 +14,9 @@ from tqdm.auto import tqdm
 
 from ..data import DATA_DIR, DataError
 from ..prompts import encode, render_chat
-from ..rollout import completions_from_ids, mean_logp
+from ..losses import chunked_token_logp, sequence_means
+from ..models import lm_head
+from ..rollout import branch_hidden, completions_from_ids
 
 
 @dataclass
@@ -38,17 +40,21 @@ def load_probes(path: str | Path = DATA_DIR / "retention" / "probes.jsonl") -> l
 
 
 @torch.no_grad()
-def mc_accuracy(model, tokenizer, probes: list[Probe], batch_size: int = 32) -> dict:
+def mc_accuracy(model, tokenizer, probes: list[Probe], batch_size: int = 16) -> dict:
     """Accuracy per category and overall: the chosen option is the one with the highest mean per-token
-    log-prob as the assistant's reply to the question (length-normalised, so long options are not penalised)."""
-    pairs = [(p, k) for p in probes for k in range(len(p.options))]
+    log-prob as the assistant's reply to the question (length-normalised, so long options are not penalised).
+    Each question runs once, `batch_size` questions at a time, and its options share its keys and values."""
+    device = next(model.parameters()).device
     scores = []
-    for i in tqdm(range(0, len(pairs), batch_size), desc="retention probes", leave=False):
-        chunk = pairs[i:i + batch_size]
-        prompts = [encode(tokenizer, render_chat(tokenizer, p.question)) for p, _ in chunk]
-        y = completions_from_ids([encode(tokenizer, p.options[k]) for p, k in chunk], tokenizer, [],
+    for i in tqdm(range(0, len(probes), batch_size), desc="retention probes", leave=False):
+        chunk = probes[i:i + batch_size]
+        prompts = [encode(tokenizer, render_chat(tokenizer, p.question)) for p in chunk]
+        of = [j for j, p in enumerate(chunk) for _ in p.options]
+        y = completions_from_ids([encode(tokenizer, o) for p in chunk for o in p.options], tokenizer, [],
                                  tokenizer.pad_token_id)
-        scores += mean_logp(model, prompts, y).tolist()
+        mask = y.mask.to(device)
+        logp = chunked_token_logp(branch_hidden(model, prompts, y, of), lm_head(model), y.ids.to(device), mask)
+        scores += sequence_means(logp, mask)[0].tolist()
     correct, k = {}, 0
     for p in probes:
         n = len(p.options)
