@@ -90,9 +90,14 @@ def divergence(
     tokens: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-token divergence [...] from logits [..., V]. Teacher logits carry no gradient."""
-    cfg = cfg or DivergenceConfig()
     t_logp = F.log_softmax(t_logits.detach().float(), dim=-1)
-    s_logp = F.log_softmax(s_logits.float(), dim=-1)
+    return divergence_logp(t_logp, F.log_softmax(s_logits.float(), dim=-1), cfg, tokens)
+
+
+def divergence_logp(t_logp: torch.Tensor, s_logp: torch.Tensor, cfg: DivergenceConfig | None = None,
+                    tokens: torch.Tensor | None = None) -> torch.Tensor:
+    """divergence() from log-probabilities, so that a caller that also wants token_stats normalises once."""
+    cfg = cfg or DivergenceConfig()
     if cfg.kind == "sampled":
         if tokens is None:
             raise ValueError("the 'sampled' divergence needs the sampled tokens")
@@ -111,12 +116,18 @@ def divergence(
 @torch.no_grad()
 def token_stats(t_logits: torch.Tensor, s_logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """[..., 4]: forward KL, log p_T(y), log p_S(y), student entropy, per token."""
-    t_logp = F.log_softmax(t_logits.float(), dim=-1)
-    s_logp = F.log_softmax(s_logits.float(), dim=-1)
+    return token_stats_logp(F.log_softmax(t_logits.float(), dim=-1), F.log_softmax(s_logits.float(), dim=-1), tokens)
+
+
+@torch.no_grad()
+def token_stats_logp(t_logp: torch.Tensor, s_logp: torch.Tensor, tokens: torch.Tensor,
+                     forward_kl: torch.Tensor | None = None) -> torch.Tensor:
+    """token_stats() from log-probabilities; forward_kl: the per-token forward KL if already computed."""
     t_y = t_logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     s_y = s_logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     entropy = -(s_logp.exp() * s_logp).sum(-1)
-    return torch.stack([kl(t_logp, s_logp), t_y, s_y, entropy], dim=-1)
+    fkl = kl(t_logp, s_logp) if forward_kl is None else forward_kl.detach()
+    return torch.stack([fkl, t_y, s_y, entropy], dim=-1)
 
 
 STAT_NAMES = ("kl", "teacher_logp", "student_logp", "entropy")
@@ -162,9 +173,15 @@ def chunked_token_losses(
     """
     cfg = cfg or DivergenceConfig()
 
+    full_forward = cfg.kind == "forward_kl" and cfg.top_k is None  # the loss is the KL statistic itself
+
     def chunk(s_h, t_h, y):
-        s_logits, t_logits = head(s_h) / temperature, head(t_h) / temperature
-        return divergence(t_logits, s_logits, cfg, y), token_stats(t_logits, s_logits, y)
+        # each side normalised once, for the loss and the statistics alike
+        s_logp = F.log_softmax((head(s_h) / temperature).float(), dim=-1)
+        with torch.no_grad():
+            t_logp = F.log_softmax((head(t_h) / temperature).float(), dim=-1)
+        loss = divergence_logp(t_logp, s_logp, cfg, y)
+        return loss, token_stats_logp(t_logp, s_logp.detach(), y, loss if full_forward else None)
 
     parts = over_chunks(chunk, mask, cfg.chunk_tokens, s_hidden, t_hidden.detach(), tokens)
     losses = torch.cat([p[0] for p in parts]) if parts else None

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from sdft_lab.losses import DivergenceConfig, chunked_token_losses, divergence, loss_mask, masked_mean
+from sdft_lab.losses import (STAT_NAMES, DivergenceConfig, chunked_token_losses, divergence, loss_mask, masked_mean,
+                             token_stats)
 
 P_T = [0.7, 0.2, 0.1]  # teacher
 P_S = [0.4, 0.45, 0.15]  # student
@@ -94,6 +95,17 @@ def test_chunked_equals_unchunked_values_and_gradients(kind):
         grad, = torch.autograd.grad(got, s_h)
         assert torch.allclose(got, ref, atol=1e-6) and torch.allclose(grad, ref_grad, atol=1e-6)
         assert (stats["kl"][mask == 0] == 0).all() and (stats["kl"][mask == 1] >= 0).all()
+        # the statistics reuse the loss's log-probs (and its value, for forward KL): the same as made alone
+        alone = token_stats(head(t_h), head(s_h), tokens)
+        for k, name in enumerate(STAT_NAMES):
+            assert torch.allclose(stats[name][mask == 1], alone[..., k][mask == 1], atol=1e-5), name
+
+
+def test_token_stats_by_hand():
+    kl_ts = sum(t * math.log(t / s) for t, s in zip(P_T, P_S))
+    entropy = -sum(s * math.log(s) for s in P_S)
+    got = token_stats(logits(P_T), logits(P_S), torch.tensor([1]))[0].tolist()
+    assert got == pytest.approx([kl_ts, math.log(0.2), math.log(0.45), entropy], abs=1e-6)
 
 
 def test_skip_first_and_padding_masks():
