@@ -11,10 +11,8 @@ fact), for the same number of steps with the same batch, and then measures
   qa         greedy lenient accuracy on the held-out questions, with the share of answers cut off.
 
 Phase 1 varies one setting at a time around a starting recipe (TRIALS), seed 0. Phase 2 reruns the best
-`top` of each method with more seeds. The rule, written down before any run: **the recipe of a method is its
-configuration with the highest mean passage gain over the seeds, among those whose mean retention lies within
-one standard error of the base's** (SE = sqrt(p (1 − p) / n) over the n probes). Phase 1 ranks by the same
-rule on seed 0. Every trial is kept in the results, winners or not, with its time.
+`top` of each method with more seeds. The rule that picks a recipe was written down before any run; it is
+RULE below, and the results carry it. Every trial is kept in the results, winners or not, with its time.
 """
 
 from __future__ import annotations
