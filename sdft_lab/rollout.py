@@ -27,7 +27,7 @@ class Completions:
     ids: torch.Tensor  # [B, T] token ids, padded after EOS
     mask: torch.Tensor  # [B, T] 1 for real tokens, including the first EOS
     texts: list[str]
-    engine: str = ""  # what sampled them: "lean (W·xᵀ 5/6)" with the layouts it measured, or "hf"
+    engine: str = ""  # what sampled them: "lean (W·xᵀ 5/5)" with its matmul layouts, or "hf"
 
     @property
     def lengths(self) -> torch.Tensor:
@@ -122,7 +122,7 @@ def sample(
     finally:
         model.train(was_training)
     out = completions_from_ids(new.tolist(), tokenizer, eos, tokenizer.pad_token_id)
-    out.engine = f"lean ({sampler.layouts()})" if lean else "hf"
+    out.engine = f"lean ({sampler.layouts(len(prompts))})" if lean else "hf"
     return out
 
 
@@ -186,16 +186,20 @@ def completion_hidden(model, prompts: list[list[int]], completions: Completions)
     return hidden[:, P - 1 : P + T - 1]
 
 
+@torch.no_grad()
 def branch_hidden(model, prompts: list[list[int]], completions: Completions, of: list[int]) -> torch.Tensor:
     """completion_hidden for completions that share prompts: completion r follows prompts[of[r]].
 
     Each prompt runs once and its keys and values serve all its completions, so the k options of a
     multiple-choice question, or the answer and the passage after one meter question, cost one pass over the
-    question instead of k. For scoring only (no gradient through the shared cache).
+    question instead of k. For scoring only: no gradient. A model that keeps no cache (gradient checkpointing
+    in training mode turns it off) is scored with each prompt repeated instead.
     """
     device = next(model.parameters()).device
     body = decoder(model)
     p_ids, p_mask = (t.to(device) for t in left_pad(prompts, 0))
+    if body.training and getattr(body, "gradient_checkpointing", False):
+        return completion_hidden(model, [prompts[i] for i in of], completions)
     prefix = body(input_ids=p_ids, attention_mask=p_mask, position_ids=(p_mask.cumsum(-1) - 1).clamp(min=0),
                   use_cache=True)
     rows = torch.tensor(of, device=device)

@@ -17,12 +17,18 @@ is the base, bit for bit). bench/step_time.py measures both.
 
 from __future__ import annotations
 
+import json
+import os
+import platform
+import re
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .bundled import cache_root
 from .models import decoder
 
 SUPPORTED = ("llama", "mistral", "qwen2")  # pre-norm, rotary, GQA, gated MLP, no extra norms
@@ -79,9 +85,35 @@ def linear(module: nn.Module, x: torch.Tensor, merged: dict | None = None) -> to
     return module(x)  # quantised (bitsandbytes) layers, GPUs: the module's own kernel
 
 
-# (weight shape, dtype, rows) → whether W @ x.T beat x @ W.T there, measured on this machine
+# (weight shape, dtype, rows) → whether W @ x.T beat x @ W.T there, measured on this machine. Kept per machine
+# in the cache folder, so that every process on it multiplies alike: the two layouts round differently, and
+# a run must repeat bit for bit (docs/machines.md). SDFT_LAB_MATMUL=plain or =transposed pins one instead.
 TRANSPOSED: dict[tuple, bool] = {}
 MEASURED_ROWS = 64  # above this the product is compute-bound and both layouts run alike: x @ W.T
+MARGIN = 0.9  # W @ x.T must take under 90 % of the time: a near-tie keeps nn.Linear's layout
+
+
+def machine_key() -> str:
+    try:
+        cpu = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M).group(1).strip()
+    except (OSError, AttributeError):
+        cpu = platform.processor() or platform.machine()
+    return f"{cpu}; torch {torch.__version__}; {torch.get_num_threads()} threads"
+
+
+def layouts_file() -> Path:
+    return cache_root() / "matmul_layouts.json"
+
+
+def _name(key: tuple) -> str:
+    return f"{'x'.join(map(str, key[0]))} {str(key[1]).removeprefix('torch.')} {key[2]} rows"
+
+
+def _saved() -> dict:
+    try:
+        return json.loads(layouts_file().read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def product(weight: torch.Tensor, rows: torch.Tensor, transposed: bool) -> torch.Tensor:
@@ -91,7 +123,10 @@ def product(weight: torch.Tensor, rows: torch.Tensor, transposed: bool) -> torch
 def matmul(weight: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
     """x @ W.T + b, in the layout measured faster for this shape and number of rows (measure_layouts)."""
     rows = x.reshape(-1, x.shape[-1])
-    transposed = TRANSPOSED.get((tuple(weight.shape), weight.dtype, rows.shape[0]), False)
+    if pin := os.environ.get("SDFT_LAB_MATMUL"):
+        transposed = pin == "transposed"
+    else:
+        transposed = TRANSPOSED.get((tuple(weight.shape), weight.dtype, rows.shape[0]), False)
     y = product(weight, rows, transposed).reshape(*x.shape[:-1], -1)
     return y if bias is None else y + bias
 
@@ -111,13 +146,19 @@ def measure_layouts(weights: list[torch.Tensor], rows: int) -> None:
     decoding does; one weight timed alone stays in cache, where the two layouts run alike. The inputs are
     constants, so the random stream (the rollouts' seed) is untouched. A fraction of a second, once per
     process and batch size."""
-    if rows > MEASURED_ROWS:
+    if rows > MEASURED_ROWS or os.environ.get("SDFT_LAB_MATMUL"):
         return
     groups: dict[tuple, list[torch.Tensor]] = {}
     for w in weights:
         groups.setdefault((tuple(w.shape), w.dtype, rows), []).append(w)
+    saved = _saved()
+    here = saved.setdefault(machine_key(), {})
+    new = False
     for key, ws in groups.items():
         if key in TRANSPOSED:
+            continue
+        if _name(key) in here:  # measured on this machine by an earlier process
+            TRANSPOSED[key] = here[_name(key)]
             continue
         x = torch.full((rows, ws[0].shape[1]), 0.01, dtype=ws[0].dtype)
         best = {}
@@ -129,13 +170,25 @@ def measure_layouts(weights: list[torch.Tensor], rows: int) -> None:
                     product(w, x, transposed)
                 times.append(time.perf_counter() - t0)
             best[transposed] = min(times[1:])
-        TRANSPOSED[key] = best[True] < best[False]
+        TRANSPOSED[key] = here[_name(key)] = best[True] < MARGIN * best[False]
+        new = True
+    if new:
+        try:
+            layouts_file().parent.mkdir(parents=True, exist_ok=True)
+            tmp = layouts_file().with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(saved, indent=1, sort_keys=True))
+            tmp.replace(layouts_file())  # whole or not at all, whatever runs beside it
+        except OSError:
+            pass  # a read-only home: measured again by the next process
 
 
-def layouts() -> str:
-    """Which layout decoding uses, for the metrics: e.g. "W·xᵀ 5/6" (shapes where W @ x.T won, of those measured)."""
-    won = sum(TRANSPOSED.values())
-    return f"W·xᵀ {won}/{len(TRANSPOSED)}" if TRANSPOSED else "x·Wᵀ"
+def layouts(rows: int) -> str:
+    """The layouts decoding `rows` rows uses, for the metrics: "W·xᵀ 5/5" (shapes where W @ x.T is used, of
+    those measured), or the pinned one."""
+    if pin := os.environ.get("SDFT_LAB_MATMUL"):
+        return f"pinned {pin}"
+    used = [v for (_, _, r), v in TRANSPOSED.items() if r == rows]
+    return f"W·xᵀ {sum(used)}/{len(used)}" if used else "x·Wᵀ"
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -3,12 +3,16 @@
 from dataclasses import replace
 
 import pytest
+import torch
 
-from sdft_lab import Example
+from conftest import tiny_llama
+from sdft_lab import Example, StudentConfig, add_student
 from sdft_lab.eval import (Probe, QAItem, RetentionCallback, load_knowledge, load_probes, mc_accuracy, qa_accuracy,
                             science_answer, score_qa)
 from sdft_lab.prompts import encode, render_chat
-from sdft_lab.rollout import completions_from_ids, mean_logp
+from sdft_lab.losses import chunked_token_logp, sequence_means
+from sdft_lab.models import lm_head
+from sdft_lab.rollout import branch_hidden, completions_from_ids, mean_logp
 
 
 @pytest.mark.parametrize("text, strict, lenient", [
@@ -79,6 +83,27 @@ def option_scores_one_by_one(model, tok, probe):
     prompt = encode(tok, render_chat(tok, probe.question))
     return [mean_logp(model, [prompt], completions_from_ids([encode(tok, o)], tok, [], tok.pad_token_id)).item()
             for o in probe.options]
+
+
+def test_mc_accuracy_between_training_steps_with_gradient_checkpointing(tokenizer):
+    """A RetentionCallback runs mid-training (model.train(), gradient checkpointing on, as on 4-bit bases),
+    where the model keeps no key/value cache: the scores must be those of eval mode, and train mode must stay."""
+    model = add_student(tiny_llama(tokenizer), StudentConfig(gradient_checkpointing=True))
+    probes = [Probe("a", "c", "Which is a colour?", ["red", "table", "seven"], 0),
+              Probe("b", "c", "Name a large animal.", ["an elephant", "a spoon"], 1)]
+    model.eval()
+    ref = mc_accuracy(model, tokenizer, probes)
+    scores = [option_scores_one_by_one(model, tokenizer, p) for p in probes]
+    model.train()
+    assert mc_accuracy(model, tokenizer, probes) == ref and model.training
+    with torch.no_grad():
+        prompts = [encode(tokenizer, render_chat(tokenizer, p.question)) for p in probes]
+        y = completions_from_ids([encode(tokenizer, o) for p in probes for o in p.options], tokenizer, [],
+                                 tokenizer.pad_token_id)
+        hidden = branch_hidden(model, prompts, y, [0, 0, 0, 1, 1])  # training mode: the repeated-prompt path
+        logp = chunked_token_logp(hidden, lm_head(model), y.ids, y.mask)
+    flat = [x for s in scores for x in s]
+    assert sequence_means(logp, y.mask)[0].tolist() == pytest.approx(flat, abs=1e-5)
 
 
 def test_mc_accuracy_picks_the_best_scored_option_of_each_probe_and_follows_a_permutation(tiny):

@@ -1,5 +1,7 @@
 """The lean sampler (sampler.py) draws the same tokens as model.generate, so SDFT's losses do not change."""
 
+import json
+
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM
@@ -98,18 +100,43 @@ def test_either_matmul_layout_draws_the_same_tokens_as_generate(tokenizer, demo,
     same_tokens(model, tokenizer, prompts(tokenizer, demo), **SETTINGS[1])
 
 
-def test_layouts_are_measured_once_per_shape_and_rows_without_touching_the_random_stream(monkeypatch):
+def test_layouts_are_measured_once_per_machine_shape_and_rows_without_touching_the_random_stream(monkeypatch,
+                                                                                                tmp_path):
+    monkeypatch.setenv("SDFT_LAB_CACHE", str(tmp_path))
+    monkeypatch.delenv("SDFT_LAB_MATMUL", raising=False)
     monkeypatch.setattr(sampler, "TRANSPOSED", {})
     weights = [torch.randn(8, 4) for _ in range(3)] + [torch.randn(5, 4)]
     state = torch.get_rng_state()
     sampler.measure_layouts(weights, 2)
     assert torch.equal(state, torch.get_rng_state())  # the rollouts' seed draws what it drew before
-    assert set(sampler.TRANSPOSED) == {((8, 4), torch.float32, 2), ((5, 4), torch.float32, 2)}
+    measured = dict(sampler.TRANSPOSED)
+    assert set(measured) == {((8, 4), torch.float32, 2), ((5, 4), torch.float32, 2)}
     sampler.measure_layouts(weights, sampler.MEASURED_ROWS + 1)  # compute-bound: not measured, x @ W.T
     assert len(sampler.TRANSPOSED) == 2
+    # the next process on this machine reads the choice instead of measuring again (the same rounding)
+    saved = json.loads(sampler.layouts_file().read_text())[sampler.machine_key()]
+    saved = {k: not v for k, v in saved.items()}  # flipped: proves it is read, not remeasured
+    sampler.layouts_file().write_text(json.dumps({sampler.machine_key(): saved}))
+    monkeypatch.setattr(sampler, "TRANSPOSED", {})
+    sampler.measure_layouts(weights, 2)
+    assert sampler.TRANSPOSED == {k: not v for k, v in measured.items()}
+    assert sampler.layouts(2) == f"W·xᵀ {sum(sampler.TRANSPOSED.values())}/2" and sampler.layouts(3) == "x·Wᵀ"
     x = torch.randn(2, 4)
     for transposed in (False, True):
         torch.testing.assert_close(sampler.product(weights[0], x, transposed), x @ weights[0].T)
+
+
+@pytest.mark.parametrize("pin", ["plain", "transposed"])
+def test_a_pinned_layout_is_used_everywhere_and_named(monkeypatch, pin):
+    monkeypatch.setenv("SDFT_LAB_MATMUL", pin)
+    monkeypatch.setattr(sampler, "TRANSPOSED", {})
+    calls = []
+    real = sampler.product
+    monkeypatch.setattr(sampler, "product", lambda w, x, t: calls.append(t) or real(w, x, t))
+    w, x = torch.randn(8, 4), torch.randn(2, 4)
+    sampler.measure_layouts([w], 2)
+    torch.testing.assert_close(sampler.matmul(w, None, x), x @ w.T)
+    assert sampler.TRANSPOSED == {} and calls == [pin == "transposed"] and sampler.layouts(2) == f"pinned {pin}"
 
 
 def test_decode_weights_are_the_merged_ones_and_every_other_linear(tokenizer):

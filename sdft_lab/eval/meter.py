@@ -9,8 +9,8 @@ model's mean per-token log-prob of
   passage  the fact's source passage, as the reply to that question (the fact in other words than the
            demonstrations: memorising a demonstration's wording does not raise it),
 
-averaged per kind. One forward pass per question, its keys and values shared by both targets, batched,
-no sampling. The same figures for
+averaged per kind. Each question runs once, its keys and values shared by both targets, batched, no
+sampling. The same figures for
 the base and for the teacher ceiling (the base with the passage in its context) frame a run's curve.
 """
 

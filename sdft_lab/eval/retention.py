@@ -40,21 +40,26 @@ def load_probes(path: str | Path = DATA_DIR / "retention" / "probes.jsonl") -> l
 
 
 @torch.no_grad()
-def mc_accuracy(model, tokenizer, probes: list[Probe], batch_size: int = 16) -> dict:
+def mc_accuracy(model, tokenizer, probes: list[Probe], batch_size: int = 8) -> dict:
     """Accuracy per category and overall: the chosen option is the one with the highest mean per-token
     log-prob as the assistant's reply to the question (length-normalised, so long options are not penalised).
     Each question runs once, `batch_size` questions at a time, and its options share its keys and values."""
     device = next(model.parameters()).device
     scores = []
-    for i in tqdm(range(0, len(probes), batch_size), desc="retention probes", leave=False):
-        chunk = probes[i:i + batch_size]
-        prompts = [encode(tokenizer, render_chat(tokenizer, p.question)) for p in chunk]
-        of = [j for j, p in enumerate(chunk) for _ in p.options]
-        y = completions_from_ids([encode(tokenizer, o) for p in chunk for o in p.options], tokenizer, [],
-                                 tokenizer.pad_token_id)
-        mask = y.mask.to(device)
-        logp = chunked_token_logp(branch_hidden(model, prompts, y, of), lm_head(model), y.ids.to(device), mask)
-        scores += sequence_means(logp, mask)[0].tolist()
+    was_training = model.training  # a callback runs between training steps: score in eval mode (no dropout)
+    model.eval()
+    try:
+        for i in tqdm(range(0, len(probes), batch_size), desc="retention probes", leave=False):
+            chunk = probes[i:i + batch_size]
+            prompts = [encode(tokenizer, render_chat(tokenizer, p.question)) for p in chunk]
+            of = [j for j, p in enumerate(chunk) for _ in p.options]
+            y = completions_from_ids([encode(tokenizer, o) for p in chunk for o in p.options], tokenizer, [],
+                                     tokenizer.pad_token_id)
+            mask = y.mask.to(device)
+            logp = chunked_token_logp(branch_hidden(model, prompts, y, of), lm_head(model), y.ids.to(device), mask)
+            scores += sequence_means(logp, mask)[0].tolist()
+    finally:
+        model.train(was_training)
     correct, k = {}, 0
     for p in probes:
         n = len(p.options)
