@@ -1,6 +1,6 @@
 """Notebook 03's run: SFT and SDFT inject the same invented facts with the workshop recipe
 (recipes.workshop_knowledge), each watched by the learning meter as it trains, with retention and greedy
-answers before and after. About 9 minutes on 2 CPU cores with the bundled model, 4.5 of them SDFT's 24 steps.
+answers before and after. 9 to 10 minutes on 2 CPU cores with the bundled model, 4.5 of them SDFT's 24 steps.
 
     python -m sdft_lab.experiments workshop --out runs/workshop
 """
