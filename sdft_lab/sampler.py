@@ -150,13 +150,15 @@ def measure_layouts(weights: list[torch.Tensor], rows: int) -> None:
         return
     groups: dict[tuple, list[torch.Tensor]] = {}
     for w in weights:
-        groups.setdefault((tuple(w.shape), w.dtype, rows), []).append(w)
+        key = (tuple(w.shape), w.dtype, rows)
+        if key not in TRANSPOSED:
+            groups.setdefault(key, []).append(w)
+    if not groups:  # every later rollout at this batch size: nothing to read or time
+        return
     saved = _saved()
     here = saved.setdefault(machine_key(), {})
     new = False
     for key, ws in groups.items():
-        if key in TRANSPOSED:
-            continue
         if _name(key) in here:  # measured on this machine by an earlier process
             TRANSPOSED[key] = here[_name(key)]
             continue
