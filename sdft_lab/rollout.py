@@ -195,11 +195,11 @@ def branch_hidden(model, prompts: list[list[int]], completions: Completions, of:
     question instead of k. For scoring only: no gradient. A model that keeps no cache (gradient checkpointing
     in training mode turns it off) is scored with each prompt repeated instead.
     """
-    device = next(model.parameters()).device
     body = decoder(model)
-    p_ids, p_mask = (t.to(device) for t in left_pad(prompts, 0))
     if body.training and getattr(body, "gradient_checkpointing", False):
         return completion_hidden(model, [prompts[i] for i in of], completions)
+    device = next(model.parameters()).device
+    p_ids, p_mask = (t.to(device) for t in left_pad(prompts, 0))
     prefix = body(input_ids=p_ids, attention_mask=p_mask, position_ids=(p_mask.cumsum(-1) - 1).clamp(min=0),
                   use_cache=True)
     rows = torch.tensor(of, device=device)
@@ -214,10 +214,12 @@ def branch_hidden(model, prompts: list[list[int]], completions: Completions, of:
 
 
 @torch.no_grad()
-def mean_logp(model, prompts: list[list[int]], completions: Completions) -> torch.Tensor:
-    """[B]: each completion's mean per-token log-prob after its prompt."""
+def mean_logp(model, prompts: list[list[int]], completions: Completions, of: list[int] | None = None) -> torch.Tensor:
+    """[B]: each completion's mean per-token log-prob after its prompt; of: completion r follows prompts[of[r]],
+    each prompt run once for all of its completions (branch_hidden)."""
     device = next(model.parameters()).device
     mask = completions.mask.to(device)
-    logp = chunked_token_logp(completion_hidden(model, prompts, completions), lm_head(model),
-                              completions.ids.to(device), mask)
+    hidden = completion_hidden(model, prompts, completions) if of is None else branch_hidden(model, prompts,
+                                                                                             completions, of)
+    logp = chunked_token_logp(hidden, lm_head(model), completions.ids.to(device), mask)
     return sequence_means(logp, mask)[0]

@@ -10,8 +10,8 @@ model's mean per-token log-prob of
            demonstrations: memorising a demonstration's wording does not raise it),
 
 averaged per kind. Each question runs once, its keys and values shared by both targets, batched, no
-sampling. The same figures for
-the base and for the teacher ceiling (the base with the passage in its context) frame a run's curve.
+sampling. The same figures for the base and for the teacher ceiling (the base with the passage in its
+context) frame a run's curve.
 """
 
 from __future__ import annotations

@@ -14,9 +14,7 @@ from tqdm.auto import tqdm
 
 from ..data import DATA_DIR, DataError
 from ..prompts import encode, render_chat
-from ..losses import chunked_token_logp, sequence_means
-from ..models import lm_head
-from ..rollout import branch_hidden, completions_from_ids
+from ..rollout import completions_from_ids, mean_logp
 
 
 @dataclass
@@ -44,7 +42,6 @@ def mc_accuracy(model, tokenizer, probes: list[Probe], batch_size: int = 8) -> d
     """Accuracy per category and overall: the chosen option is the one with the highest mean per-token
     log-prob as the assistant's reply to the question (length-normalised, so long options are not penalised).
     Each question runs once, `batch_size` questions at a time, and its options share its keys and values."""
-    device = next(model.parameters()).device
     scores = []
     was_training = model.training  # a callback runs between training steps: score in eval mode (no dropout)
     model.eval()
@@ -55,9 +52,7 @@ def mc_accuracy(model, tokenizer, probes: list[Probe], batch_size: int = 8) -> d
             of = [j for j, p in enumerate(chunk) for _ in p.options]
             y = completions_from_ids([encode(tokenizer, o) for p in chunk for o in p.options], tokenizer, [],
                                      tokenizer.pad_token_id)
-            mask = y.mask.to(device)
-            logp = chunked_token_logp(branch_hidden(model, prompts, y, of), lm_head(model), y.ids.to(device), mask)
-            scores += sequence_means(logp, mask)[0].tolist()
+            scores += mean_logp(model, prompts, y, of).tolist()
     finally:
         model.train(was_training)
     correct, k = {}, 0
