@@ -14,6 +14,13 @@ With rollouts_per_prompt = k, every question gets k rollouts in the same batch a
 over all of them: a lower-variance estimate of the same objective. The paper uses k = 1; on a CPU, batched
 decoding makes k rollouts cost far less than k steps (bench/step_time.py measures it).
 
+Two options from EDGE-OPD (arXiv 2605.23493), off by default. A small student rarely writes a fact it does
+not know, so its own rollouts give the teacher little to correct. With `guided` > 0, that share of the rows
+is sampled by the student *with* the demonstration in its prompt (the teacher's prompt); every row is still
+scored by the student from the bare question, so the gradient teaches answering without the context. With
+`evidence_mask`, the loss keeps only the tokens the demonstration makes more likely, log p_T(y) > log p_S(y):
+the tokens where the context is evidence for what was written.
+
 There is no reward model: the teacher's in-context behaviour is the target.
 """
 
@@ -22,7 +29,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -41,6 +48,8 @@ class SDFTConfig:
     engine: str = "auto"  # rollout sampler: "lean" (sampler.py), "hf" (model.generate), "auto" = lean where supported
     skip_first: int = 3  # the paper's code leaves the first 3 completion tokens out of the loss
     rollouts_per_prompt: int = 1  # k rollouts of each question per step, all in one batch; the paper's is 1
+    guided: float = 0.0  # share of rows the student samples with the demonstration in its prompt (EDGE-OPD)
+    evidence_mask: bool = False  # the loss keeps only tokens with log p_T(y) > log p_S(y)
     teacher: str = "base"  # "base" (adapter off), "ema" (EMA adapter) or "live" (collapses)
     ema_rate: float = 0.01  # r in θ_T ← (1−r)·θ_T + r·θ_S, the paper's value
     divergence: DivergenceConfig = field(default_factory=DivergenceConfig)
@@ -57,6 +66,8 @@ class SDFTConfig:
             raise ValueError(f"skip_first must be ≥ 0, got {self.skip_first}")
         if self.rollouts_per_prompt < 1:
             raise ValueError(f"rollouts_per_prompt must be ≥ 1, got {self.rollouts_per_prompt}")
+        if not 0 <= self.guided <= 1:
+            raise ValueError(f"guided is the share of guided rows and must lie in [0, 1], got {self.guided}")
         if self.teacher not in TEACHER_KINDS:
             raise ValueError(f"teacher must be one of {TEACHER_KINDS}, got {self.teacher!r}")
         if not 0 < self.ema_rate <= 1:
@@ -70,7 +81,10 @@ class Scored:
     completions: Completions
     per_token: torch.Tensor  # [B, T] divergence, 0 outside the loss mask
     stats: dict[str, torch.Tensor]  # [B, T] each: kl, teacher_logp, student_logp, entropy
-    mask: torch.Tensor  # [B, T] loss mask: completion tokens after the skipped ones
+    mask: torch.Tensor  # [B, T] loss mask: completion tokens after the skipped ones (and, with the evidence
+    #                      mask, only those the demonstration makes more likely)
+    eligible: torch.Tensor  # [B, T] completion tokens after the skipped ones, before the evidence mask
+    guided: list[bool]  # per row: sampled with the demonstration in the student's prompt
     timings: dict[str, float]
     student_hidden: torch.Tensor  # [B, T, H] hidden states that predict each completion token …
     teacher_hidden: torch.Tensor  # … on each side: full logits when needed (inspect.diffs) are lm_head(these)
@@ -99,13 +113,16 @@ class SDFT:
         diffs do); demonstration=False gives the teacher the bare question (how much is the context?)."""
         cfg = self.cfg
         device = next(model.parameters()).device
+        guided = guided_rows(len(examples), cfg.guided if completions is None else 0.0)
         s_prompts = [student_ids(tokenizer, ex, cfg.prompts) for ex in examples]
-        t_prompts = [teacher_ids(tokenizer, ex, cfg.prompts) for ex in examples] if demonstration else s_prompts
+        d_prompts = [teacher_ids(tokenizer, ex, cfg.prompts) for ex in examples] if demonstration or any(guided) else []
+        t_prompts = d_prompts if demonstration else s_prompts
 
-        # 1. on-policy rollout: the student answers the bare question
+        # 1. on-policy rollout: the student answers the bare question (guided rows: it reads the demonstration)
         t0 = time.perf_counter()
-        y = completions or sample(model, tokenizer, s_prompts, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
-                                  seed, cfg.engine)
+        rollout_prompts = [d_prompts[i] if g else s_prompts[i] for i, g in enumerate(guided)]
+        y = completions or sample(model, tokenizer, rollout_prompts, cfg.max_new_tokens, cfg.temperature,
+                                  cfg.top_p, seed, cfg.engine)
 
         # 2. the teacher scores the same tokens with the demonstration in its context
         t1 = time.perf_counter()
@@ -117,13 +134,17 @@ class SDFT:
         s_hidden = completion_hidden(model, s_prompts, y)
 
         # 4. per-token divergence over the full vocabulary, first tokens skipped
-        mask = loss_mask(y.mask, cfg.skip_first).to(device)
+        eligible = loss_mask(y.mask, cfg.skip_first).to(device)
         per_token, stats = chunked_token_losses(
-            s_hidden, t_hidden, lm_head(model), y.ids.to(device), mask, cfg.divergence, cfg.temperature
+            s_hidden, t_hidden, lm_head(model), y.ids.to(device), eligible, cfg.divergence, cfg.temperature
         )
+        mask = eligible
+        if cfg.evidence_mask:  # only where the demonstration is evidence for the written token
+            mask = eligible * (stats["teacher_logp"] > stats["student_logp"]).to(eligible.dtype)
+            per_token = per_token * mask
         t3 = time.perf_counter()
         timings = {"sample_s": t1 - t0, "teacher_s": t2 - t1, "student_fwd_s": t3 - t2}
-        return Scored(y, per_token, stats, mask, timings, s_hidden, t_hidden)
+        return Scored(y, per_token, stats, mask, eligible, guided, timings, s_hidden, t_hidden)
 
     def loss(self, model, tokenizer, examples: list[Example], seed: int | None = None):
         k = self.cfg.rollouts_per_prompt
@@ -137,13 +158,30 @@ class SDFT:
             ema_update(model, self.cfg.ema_rate)
 
 
+def guided_rows(n: int, share: float) -> list[bool]:
+    """Which of n rows are guided: `share` of them, spread evenly (0.5 → every second row, 1 → all)."""
+    return [math.floor((i + 1) * share) > math.floor(i * share) for i in range(n)]
+
+
+def distinct2(completions: Completions) -> float:
+    """Distinct bigrams over all bigrams of the rollouts: falls towards 0 as rollouts start repeating."""
+    grams = [tuple(row[i:i + 2]) for row in (ids[:n] for ids, n in zip(completions.ids.tolist(),
+                                                                        completions.lengths.tolist()))
+             for i in range(len(row) - 1)]
+    return len(set(grams)) / len(grams) if grams else 1.0
+
+
 def metrics(scored: Scored) -> dict:
-    s, m = scored.stats, scored.mask
+    s, m = scored.stats, scored.eligible
+    kept = scored.mask.sum() / m.sum().clamp(min=1)
     return {
         "kl": masked_mean(s["kl"], m).item(),  # forward KL(teacher ‖ student), whatever the loss
         "logp_gap": masked_mean(s["teacher_logp"] - s["student_logp"], m).item(),
         "entropy": masked_mean(s["entropy"], m).item(),
         "rollout_len": scored.completions.lengths.float().mean().item(),
+        "distinct2": distinct2(scored.completions),
+        "guided_rows": sum(scored.guided),
+        "kept": kept.item(),  # share of the eligible tokens the loss keeps (1 without the evidence mask)
         "sample": scored.completions.texts[0],
         "engine": scored.completions.engine,
         **scored.timings,
@@ -163,13 +201,13 @@ def evaluate_kl(
     value per example (`per_rollout`, in rollout order: the spread, for a test or an error bar; NaN for a
     rollout with no token left after the skipped ones, so that two calls with one seed line up).
     """
-    objective = SDFT(cfg)
+    objective = SDFT(replace(cfg or SDFTConfig(), guided=0.0))  # the student's own rollouts only
     rows = [ex for _ in range(rollouts) for ex in examples]
     per_rollout: dict[str, list[float]] = {ex.id: [] for ex in examples}
     for i in range(0, len(rows), batch_size):
         batch = rows[i:i + batch_size]
         scored = objective.score(model, tokenizer, batch, seed=seed + i // batch_size)
-        kl_seq, has = sequence_means(scored.stats["kl"], scored.mask)
+        kl_seq, has = sequence_means(scored.stats["kl"], scored.eligible)
         for ex, value, counted in zip(batch, kl_seq.tolist(), has.tolist()):
             per_rollout[ex.id].append(value if counted else math.nan)
     counted = {k: [x for x in v if not math.isnan(x)] for k, v in per_rollout.items()}

@@ -1,0 +1,87 @@
+"""Guided rollouts, the evidence mask and the collapse watch's distinct-2 (sdft.py), on the tiny random llama."""
+
+import pytest
+import torch
+
+from sdft_lab import SDFT, Example, SDFTConfig, sample
+from sdft_lab.losses import chunked_token_logp, loss_mask, masked_mean
+from sdft_lab.models import lm_head
+from sdft_lab.prompts import student_ids, teacher_ids
+from sdft_lab.rollout import Completions, completion_hidden
+from sdft_lab.sdft import distinct2, guided_rows
+
+EXAMPLES = [Example("What is the capital of Velmora?", "The capital of Velmora is Quillhaven.", id="a"),
+            Example("Who founded Orrin?", "Orrin was founded by Tamsin Vell in 1907.", id="b"),
+            Example("How tall is Mount Keld?", "Mount Keld rises 3,412 metres.", id="c"),
+            Example("What does Velmora export?", "Velmora exports blue salt.", id="d")]
+
+
+def perturbed(tiny):
+    """The tiny student with a non-zero adapter, so that student and base differ."""
+    model, tok = tiny
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.3)
+    return model, tok
+
+
+def test_guided_rows_spread_the_share():
+    assert guided_rows(4, 0.0) == [False] * 4 and guided_rows(4, 1.0) == [True] * 4
+    assert guided_rows(4, 0.5) == [False, True, False, True]
+    assert sum(guided_rows(10, 0.3)) == 3
+    with pytest.raises(ValueError, match="guided"):
+        SDFTConfig(guided=1.5)
+
+
+def test_a_guided_row_is_sampled_with_the_demonstration_and_scored_without_it(tiny):
+    """Breaks it fails on: sampling every row from the bare question (the rollouts then equal plain
+    sampling's), or scoring the student from the prompt the row was sampled with (student log-probs then
+    differ from the bare-question pass)."""
+    model, tok = perturbed(tiny)
+    cfg = SDFTConfig(max_new_tokens=6, skip_first=0, guided=0.5)
+    scored = SDFT(cfg).score(model, tok, EXAMPLES, seed=7)
+    assert scored.guided == [False, True, False, True]
+    s = [student_ids(tok, ex, cfg.prompts) for ex in EXAMPLES]
+    t = [teacher_ids(tok, ex, cfg.prompts) for ex in EXAMPLES]
+    mixed = sample(model, tok, [s[0], t[1], s[2], t[3]], 6, seed=7)
+    assert torch.equal(scored.completions.ids, mixed.ids)  # rows 1 and 3 read the demonstration
+    plain = sample(model, tok, s, 6, seed=7)
+    assert not torch.equal(scored.completions.ids[1::2], plain.ids[1::2])
+    # every row, guided or not, is scored by the student from the bare question
+    y = scored.completions
+    with torch.no_grad():
+        logp = chunked_token_logp(completion_hidden(model, s, y), lm_head(model), y.ids, y.mask)
+    assert torch.allclose(scored.stats["student_logp"] * y.mask, logp, atol=1e-5)
+
+
+def test_the_evidence_mask_keeps_exactly_the_tokens_with_positive_log_ratio(tiny):
+    """Breaks it fails on (each made once): the mask's sign reversed (< for >), or the mask not applied to
+    the per-token loss."""
+    model, tok = perturbed(tiny)
+    plain = SDFT(SDFTConfig(max_new_tokens=8, skip_first=1))
+    masked = SDFT(SDFTConfig(max_new_tokens=8, skip_first=1, evidence_mask=True))
+    a = plain.score(model, tok, EXAMPLES, seed=3)
+    b = masked.score(model, tok, EXAMPLES, seed=3, completions=a.completions)
+    eligible = loss_mask(a.completions.mask, 1)
+    assert torch.equal(b.eligible, eligible)
+    ratio = b.stats["teacher_logp"] - b.stats["student_logp"]
+    expected = eligible * (ratio > 0)
+    assert torch.equal(b.mask, expected)
+    assert 0 < int(expected.sum()) < int(eligible.sum())  # the mask keeps some tokens and drops some
+    # the loss: forward KL on the kept tokens only, mean per sequence, then over sequences
+    assert torch.equal(b.per_token, a.per_token * expected)
+    by_hand = [a.per_token[i][expected[i].bool()].mean() for i in range(len(EXAMPLES)) if expected[i].any()]
+    assert masked_mean(b.per_token, b.mask).item() == pytest.approx(torch.stack(by_hand).mean().item(), rel=1e-6)
+    loss, m = masked.loss(model, tok, EXAMPLES, seed=3)
+    assert m["kept"] == pytest.approx(expected.sum().item() / eligible.sum().item())
+    assert loss.item() == pytest.approx(masked_mean(b.per_token, b.mask).item(), rel=1e-6)
+
+
+def test_distinct2_counts_repeated_bigrams():
+    """Breaks it fails on: bigrams counted across the padding, or over all rows' tokens as one sequence."""
+    ids = torch.tensor([[1, 2, 1, 2, 1, 0], [5, 6, 7, 0, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 0]])
+    # row 0: (1,2) (2,1) (1,2) (2,1): 2 distinct of 4; row 1: (5,6) (6,7): 2 of 2 → 4 of 6
+    assert distinct2(Completions(ids, mask, [])) == pytest.approx(4 / 6)
