@@ -61,3 +61,54 @@ def test_every_notebook_switches_model_with_its_one_model_line(path):
     rest = "\n".join(cells)
     assert re.search(r"\bload\(MODEL\b|model=MODEL\b", rest), "MODEL is what the notebook loads"
     assert not re.search(r"""\bload\(\s*["']|model\s*=\s*["']""", rest), "a model named outside the MODEL line"
+
+
+def module_graph() -> dict[str, set[str]]:
+    """sdft_lab's modules and the sdft_lab modules each imports, at any depth of the file (function-level
+    imports too: a cycle hidden inside a function is still a cycle)."""
+    modules = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+               for p in PACKAGE.rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                if not base.startswith("sdft_lab"):
+                    continue
+                for alias in node.names:  # `from . import frontier` names a module; `from .x import f` does not
+                    edges.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base)
+            elif isinstance(node, ast.Import):
+                edges |= {a.name for a in node.names if a.name in modules}
+        graph[name] = {e for e in edges if e in modules and e != name}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    found, state = [], {}
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = "open"
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                found.append(path[path.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, path + [nxt])
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    return found
+
+
+def test_sdft_lab_has_no_import_cycle():
+    """Break it fails on (made once): `from .workshop import workshop` inside a function of
+    experiments/runs.py, while workshop.py imports runs."""
+    graph = module_graph()
+    assert "sdft_lab.experiments.workshop" in graph["sdft_lab.experiments.__main__"]  # the graph sees imports
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c", "a"]]  # and the search finds one
+    assert cycles(graph) == []

@@ -17,7 +17,6 @@ Each run writes results.json and HTML plots to its folder.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from collections.abc import Iterator
@@ -195,44 +194,3 @@ def save(out: Path, results: dict) -> None:
         figures = {"sequential": sequential_figure(results)}
     for name, fig in figures.items():
         fig.write_html(out / f"{name}.html", include_plotlyjs="directory")
-
-
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("experiment", choices=["knowledge", "sequential", "pareto", "workshop"])
-    parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--config", type=Path, help="a RunConfig file (YAML / JSON) for the shared run settings")
-    parser.add_argument("--lrs", type=float, nargs="+", default=[3e-4, 1e-3, 3e-3], help="pareto only")
-    parser.add_argument("--task", choices=sorted(SKILLS), default="science", help="pareto only")
-    run = default_run()
-    parser.add_argument("--model", help=f"'bundled', a preset, a folder or a hub id in the cache [{run.model}]")
-    parser.add_argument("--steps", type=int, help=f"per method (per stage when sequential) [{run.train.steps}]")
-    parser.add_argument("--batch-size", type=int, help=f"[{run.train.batch_size}]")
-    parser.add_argument("--lr", type=float, help=f"[{run.train.lr}]")
-    parser.add_argument("--seed", type=int, help=f"[{run.train.seed}]")
-    parser.add_argument("--max-new-tokens", type=int, help=f"SDFT rollouts [{run.sdft.max_new_tokens}]")
-    parser.add_argument("--retention-every", type=int, default=ExperimentConfig.retention_every)
-    parser.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N items (quick looks)")
-    args = parser.parse_args(argv)
-    if args.config:
-        run = RunConfig.from_file(args.config)
-    given = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
-                               "seed": args.seed}.items() if v is not None}
-    run = replace(run, model=args.model or run.model, train=replace(run.train, preflight=False, **given))
-    if args.max_new_tokens is not None:
-        run = replace(run, sdft=replace(run.sdft, max_new_tokens=args.max_new_tokens))
-    cfg = ExperimentConfig(run, retention_every=args.retention_every, eval_limit=args.eval_limit)
-    out = args.out or Path("runs") / args.experiment
-    if args.experiment == "workshop":  # the recipe's own settings; --model and --steps apply
-        from .workshop import WorkshopConfig, reading, workshop
-
-        results = workshop(out, WorkshopConfig(model=args.model or "bundled", steps=args.steps), reuse=False)
-        print(reading(results))
-        return results
-    if args.experiment == "pareto":
-        results = pareto(out, cfg, tuple(args.lrs), args.task)
-    else:
-        results = (knowledge if args.experiment == "knowledge" else sequential)(out, cfg)
-    print(json.dumps({k: v for k, v in results.items() if k != "config"}, indent=1, default=str)[:4000])
-    print(f"results and plots in {out}/")
-    return results

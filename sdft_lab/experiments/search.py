@@ -8,7 +8,9 @@ fact), for the same number of steps with the same batch, and then measures
   gain       the learning meter (eval/meter.py): mean log-prob of each fact's passage given its held-out
              questions, after minus before ("all" kinds); and the same for the framed accepted answer;
   retention  the 120 multiple-choice retention probes (eval/retention.py);
-  qa         greedy lenient accuracy on the held-out questions, with the share of answers cut off.
+  qa         greedy lenient accuracy on the held-out questions, with the share of answers cut off;
+  drift      the forgetting meter (eval/drift.py): mean per-token KL(base ‖ tuned) on the base's own answers
+             to the probes' questions (chat template's system prompt, and the run's) and to the held-out ones.
 
 Phase 1 varies one setting at a time around a starting recipe (TRIALS), seed 0. Phase 2 reruns the best
 `top` of each method with more seeds. The rule that picks a recipe was written down before any run; it is
@@ -22,13 +24,13 @@ import json
 import math
 import statistics
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from ..config import RunConfig
 from ..eval import load_knowledge, load_probes, mc_accuracy, qa_accuracy
+from ..eval.drift import drifts, references
 from ..eval.meter import meter
 from ..models import load
 from ..prompts import TEMPLATES, PromptConfig
@@ -91,7 +93,7 @@ def run_config(method: str, s: dict, seed: int, steps: int = STEPS) -> RunConfig
     prompts = PromptConfig(teacher_template=TEMPLATES[s["template"]], system=system)
     return RunConfig(method="sdft", data="knowledge", train=train,
                      sdft=SDFTConfig(max_new_tokens=s["tokens"], skip_first=s["skip_first"], rollouts_per_prompt=s["k"],
-                                     prompts=prompts))
+                                     guided=s.get("guided", 0.0), evidence_mask=s.get("mask", False), prompts=prompts))
 
 
 def trial(base, tok, method: str, s: dict, seed: int, cache: dict, steps: int = STEPS) -> dict:
@@ -101,7 +103,9 @@ def trial(base, tok, method: str, s: dict, seed: int, cache: dict, steps: int = 
     key = (s["facts"], s["system"])
     if key not in cache:
         cache[key] = {"meter": meter(base, tok, items, system),
-                      "qa": qa_accuracy(base, tok, items, system=system, batch_size=32)}
+                      "qa": qa_accuracy(base, tok, items, system=system, batch_size=32),
+                      "drift": references(base, tok, [p.question for p in load_probes()],
+                                          [it.question for it in items], system)}
     run = run_config(method, s, seed, steps)
     with student_of(base, run) as model:
         t0 = time.perf_counter()
@@ -110,11 +114,12 @@ def trial(base, tok, method: str, s: dict, seed: int, cache: dict, steps: int = 
         after = meter(model, tok, items, system)
         qa = qa_accuracy(model, tok, items, system=system, batch_size=32)
         retention = mc_accuracy(model, tok, load_probes())["overall"]
+        drift = drifts(model, cache[key]["drift"])
         t2 = time.perf_counter()
     before = cache[key]["meter"]
     return {"name": name_of(method, s), "method": method, "settings": s, "seed": seed,
             "gain": {t: after[t]["all"] - before[t]["all"] for t in ("passage", "answer")},
-            "meter_before": before, "meter_after": after, "retention": retention,
+            "meter_before": before, "meter_after": after, "retention": retention, "drift": drift,
             "qa": {k: qa[k]["lenient"] for k in ("direct", "indirect", "ood", "all")}, "qa_cut": qa["cut"],
             "base_qa": {k: cache[key]["qa"][k]["lenient"] for k in ("direct", "indirect", "ood", "all")},
             "first_loss": history[0]["loss"], "last_loss": history[-1]["loss"],

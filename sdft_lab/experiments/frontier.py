@@ -1,0 +1,194 @@
+"""The learning–forgetting frontier: SFT and SDFT, each swept over its learning rate, with seeds.
+
+    python -m sdft_lab.experiments frontier --out runs/frontier            # ≈ 1.5 h on 2 CPU cores
+    python -m sdft_lab.experiments frontier --out runs/frontier --docs     # and write docs/frontier.json
+
+A method tuned against one left untuned is not a comparison, and one learning rate per method says nothing
+about which learns more for the same forgetting. So every configuration below runs at several learning rates
+and three seeds, with the recipe search's trial (search.trial: 8 invented facts, 24 steps of 4 questions,
+the short-answer system prompt for both methods), and each run is a point:
+  learning    the learning meter's answer gain (and passage gain), held-out questions, all kinds;
+  forgetting  drift, the mean per-token KL(base ‖ tuned) on the base's own answers to 120 general
+              questions (eval/drift.py), and the 120-probe retention beside it.
+
+RULE says, before any run, how the points decide "SDFT is ahead"; `verdicts` applies it and the results
+carry both. Every run is kept, with its seed, time, date and machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from ..eval import load_probes, mc_accuracy
+from ..models import load
+from ..report import machine
+from .search import DOCS, name_of, settings_of, trial
+
+SEEDS = (0, 1, 2)
+# (family, method, changes to search.START); each family is swept over its learning rates.
+GUIDED = {"guided": 0.5, "mask": True}
+FAMILIES = {
+    "SFT": ("sft", {}, (1e-4, 3e-4, 1e-3)),
+    "SDFT guided": ("sdft", GUIDED, (3e-4, 1e-3, 3e-3)),
+    "SDFT": ("sdft", {}, (1e-3, 3e-3)),
+}
+LEARNING = ("answer", "passage")  # the gains a verdict is taken on, each on its own
+FORGETTING = "general"  # the drift set on the x axis
+
+RULE = (
+    "Learning is a configuration's mean gain over its seeds (the learning meter on the held-out questions: "
+    "answer and passage, each judged on its own); forgetting is its mean drift on general questions. SFT's "
+    "frontier at drift d is its gain interpolated linearly in log(drift) between the two SFT learning rates "
+    "whose mean drifts bracket d. An SDFT configuration is AHEAD if its gain exceeds that frontier by more "
+    "than twice the standard error of the difference (each side's seed sd / sqrt(seeds); SFT's side the "
+    "larger of the two bracketing points'), BEHIND if it falls short by as much, and EVEN otherwise. Below "
+    "SFT's lowest drift it is AHEAD only if it learns more than SFT's lowest-drift point by that margin; "
+    "above SFT's highest it is BEHIND if it learns less than SFT's highest-drift point by that margin; "
+    "otherwise OUTSIDE (no verdict). SDFT is ahead on this model when any SDFT configuration is AHEAD, with "
+    "retention within one standard error of the base's."
+)
+
+
+def configurations() -> list[tuple[str, str, dict]]:
+    """(family, method, settings) of every point, in the order they run."""
+    return [(family, method, settings_of(method, {**changes, "lr": lr}))
+            for family, (method, changes, lrs) in FAMILIES.items() for lr in lrs]
+
+
+def frontier(out: Path, seeds: tuple[int, ...] = SEEDS, families: list[str] | None = None) -> dict:
+    """Every configuration with seed 0 first, then the other seeds, so a partial run covers the sweep.
+    Resumable: runs already in out/frontier.json are skipped; the file is complete after every run."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "frontier.json"
+    base, tok = load("bundled")
+    probes = load_probes()
+    results = json.loads(path.read_text()) if path.exists() else {
+        "date": time.strftime("%Y-%m-%d"), "machine": machine(next(base.parameters()).device), "rule": RULE,
+        "families": {f: {"method": m, "changes": c, "lrs": list(lrs)} for f, (m, c, lrs) in FAMILIES.items()},
+        "base_retention": mc_accuracy(base, tok, probes)["overall"], "n_probes": len(probes), "trials": []}
+    done = {(t["name"], t["seed"]) for t in results["trials"]}
+    cache: dict = {}
+    todo = [(seed, f, m, s) for seed in seeds for f, m, s in configurations() if families is None or f in families]
+    for seed, family, method, s in tqdm(todo, desc="frontier"):
+        if (name_of(method, s), seed) in done:
+            continue
+        tqdm.write(f"{family}: {name_of(method, s)} seed {seed}")
+        results["trials"].append({"family": family, **trial(base, tok, method, s, seed, cache)})
+        results["points"] = points(results)
+        results["verdicts"] = verdicts(results)
+        path.write_text(json.dumps(results, indent=1))
+    return results
+
+
+def _stat(values: list[float]) -> dict:
+    sd = statistics.stdev(values) if len(values) > 1 else None
+    return {"mean": statistics.fmean(values), "sd": sd, "se": sd / math.sqrt(len(values)) if sd is not None else None}
+
+
+def points(results: dict) -> list[dict]:
+    """One point per configuration: mean, sd and SE over its seeds of every gain, drift and retention."""
+    groups: dict[str, list[dict]] = {}
+    for t in results["trials"]:
+        groups.setdefault(t["name"], []).append(t)
+    out = []
+    for name, ts in groups.items():
+        p = {"name": name, "family": ts[0]["family"], "method": ts[0]["method"], "lr": ts[0]["settings"]["lr"],
+             "seeds": [t["seed"] for t in ts], "retention": _stat([t["retention"] for t in ts]),
+             "train_minutes": statistics.fmean(t["train_s"] / 60 for t in ts)}
+        for g in LEARNING:
+            p[g] = _stat([t["gain"][g] for t in ts])
+        for d in ts[0]["drift"]:
+            p[f"drift_{d}"] = _stat([t["drift"][d] for t in ts])
+        out.append(p)
+    return out
+
+
+def sft_frontier(sft: list[dict], drift: float, gain: str) -> tuple[float, float, str]:
+    """(SFT's gain at this drift, its SE, where: "inside" / "below" / "above" SFT's drift range)."""
+    pts = sorted(sft, key=lambda p: p[f"drift_{FORGETTING}"]["mean"])
+    xs = [math.log(p[f"drift_{FORGETTING}"]["mean"]) for p in pts]
+    x = math.log(drift)
+    if x <= xs[0]:
+        return pts[0][gain]["mean"], pts[0][gain]["se"] or 0.0, "below"
+    if x >= xs[-1]:
+        return pts[-1][gain]["mean"], pts[-1][gain]["se"] or 0.0, "above"
+    i = next(i for i in range(1, len(xs)) if x <= xs[i])
+    w = (x - xs[i - 1]) / (xs[i] - xs[i - 1])
+    lo, hi = pts[i - 1], pts[i]
+    return ((1 - w) * lo[gain]["mean"] + w * hi[gain]["mean"], max(lo[gain]["se"] or 0.0, hi[gain]["se"] or 0.0),
+            "inside")
+
+
+def verdicts(results: dict) -> dict:
+    """RULE applied: per SDFT configuration and gain, its margin over SFT's frontier and the verdict."""
+    pts = results.get("points") or points(results)
+    sft = [p for p in pts if p["family"] == "SFT" and len(p["seeds"]) > 1]
+    if len(sft) < 2:
+        return {}
+    se_base = math.sqrt(results["base_retention"] * (1 - results["base_retention"]) / results["n_probes"])
+    out = {"per_point": [], "ahead": {}}
+    for p in pts:
+        if p["method"] != "sdft" or len(p["seeds"]) < 2:
+            continue
+        row = {"name": p["name"], "family": p["family"], "lr": p["lr"], "seeds": len(p["seeds"]),
+               "retention_ok": p["retention"]["mean"] >= results["base_retention"] - se_base}
+        for g in LEARNING:
+            ref, ref_se, where = sft_frontier(sft, p[f"drift_{FORGETTING}"]["mean"], g)
+            margin = p[g]["mean"] - ref
+            band = 2 * math.sqrt((p[g]["se"] or 0.0) ** 2 + ref_se ** 2)
+            if where == "inside":
+                verdict = "AHEAD" if margin > band else "BEHIND" if margin < -band else "EVEN"
+            elif where == "below":
+                verdict = "AHEAD" if margin > band else "OUTSIDE"
+            else:
+                verdict = "BEHIND" if margin < -band else "OUTSIDE"
+            row[g] = {"sft_at_same_drift": ref, "margin": margin, "band": band, "where": where, "verdict": verdict}
+        out["per_point"].append(row)
+    for g in LEARNING:
+        out["ahead"][g] = any(r[g]["verdict"] == "AHEAD" and r["retention_ok"] for r in out["per_point"])
+    return out
+
+
+def table(results: dict) -> str:
+    """Markdown: every configuration, mean ± sd over seeds, and the verdict of each SDFT point."""
+    v = {r["name"]: r for r in results.get("verdicts", {}).get("per_point", [])}
+
+    def f(stat: dict, digits: int = 2) -> str:
+        return f"{stat['mean']:.{digits}f}" + (f" ± {stat['sd']:.{digits}f}" if stat["sd"] is not None else "")
+
+    lines = ["| family | lr | seeds | answer gain | passage gain | drift, general | drift, held-out | retention "
+             "| train min | verdict (answer / passage) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for p in sorted(results["points"], key=lambda p: (p["family"], p["lr"])):
+        verdict = (f"{v[p['name']]['answer']['verdict']} ({v[p['name']]['answer']['margin']:+.2f}) / "
+                   f"{v[p['name']]['passage']['verdict']} ({v[p['name']]['passage']['margin']:+.2f})"
+                   if p["name"] in v else "")
+        task = f(p["drift_task"], 3) if "drift_task" in p else ""
+        lines.append(f"| {p['family']} | {p['lr']:g} | {len(p['seeds'])} | {f(p['answer'])} | {f(p['passage'])} | "
+                     f"{f(p['drift_general'], 3)} | {task} | {f(p['retention'])} | {p['train_minutes']:.1f} | {verdict} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("runs") / "frontier")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
+    parser.add_argument("--families", nargs="+", choices=list(FAMILIES), default=None)
+    parser.add_argument("--docs", action="store_true", help="copy the results to docs/frontier.json")
+    args = parser.parse_args(argv)
+    results = frontier(args.out, tuple(args.seeds), args.families)
+    print(table(results))
+    print(json.dumps(results.get("verdicts", {}).get("ahead", {})))
+    if args.docs:
+        (DOCS / "frontier.json").write_text(json.dumps(results, indent=1))
+    return results
+
+
+if __name__ == "__main__":
+    main()
