@@ -186,8 +186,10 @@ def evaluate(args: argparse.Namespace) -> dict:
     from .data import skill_split
     from .eval import SCORERS, load_knowledge, load_probes, mc_accuracy, qa_accuracy, task_accuracy
 
-    if not (args.probes or args.knowledge or args.task or args.harness_tasks):
+    if not (args.probes or args.knowledge or args.task or args.harness_tasks or args.drift):
         args.probes = True
+    if args.drift and args.adapter is None:
+        raise SystemExit("error: --drift measures an adapter against its base: pass --adapter.")
     model, tok = load_model(args.model, args.quantization, args.adapter)
     results: dict = {"model": args.model, "adapter": str(args.adapter) if args.adapter else None}
     if args.probes:
@@ -201,6 +203,12 @@ def evaluate(args: argparse.Namespace) -> dict:
             raise SystemExit(f"error: {args.task} has no examples whose metadata split is {args.split!r}.")
         results[f"task:{args.task}"] = {args.scorer: task_accuracy(model, tok, examples[: args.limit],
                                                                     SCORERS[args.scorer])}
+    if args.drift:
+        from .eval.drift import drifts, references
+
+        refs = references(model, tok, [p.question for p in load_probes()[: args.limit]],
+                          [it.question for it in load_knowledge().eval[: args.limit]])
+        results["drift"] = drifts(model, refs)
     if args.harness_tasks:
         from .eval.lm_eval import evaluate as harness_evaluate
 
@@ -312,6 +320,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--task", help="a bundled set or jsonl, scored on greedy answers to its questions")
     p.add_argument("--scorer", default="answer", choices=["answer", "toolcall", "science"], help="for --task")
     p.add_argument("--split", help="for --task: only examples whose metadata split is this (e.g. eval)")
+    p.add_argument("--drift", action="store_true", help="with --adapter: mean per-token KL(base ‖ tuned) on the "
+                   "base's own answers to the probes' questions (general) and the knowledge questions (task)")
     p.add_argument("--harness-tasks", nargs="+", metavar="TASK", help="lm-eval tasks, e.g. sdft_lab_probes")
     p.add_argument("--harness-include", type=Path, help="a folder of your own lm-eval task YAMLs")
     p.add_argument("--limit", type=int, help="at most N items per evaluation (quick looks)")

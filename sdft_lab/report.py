@@ -29,7 +29,7 @@ from .prompts import PromptConfig, student_ids
 from .rollout import greedy_texts
 
 RUN_FILE, METRICS_FILE, RESULTS_FILE = "run.json", "metrics.jsonl", "results.json"
-CURVES = ("loss", "kl", "logp_gap", "entropy", "rollout_len")
+CURVES = ("loss", "kl", "logp_gap", "entropy", "rollout_len", "distinct2")
 PHASES = ("sample_s", "teacher_s", "student_fwd_s", "backward_s", "optim_s")
 MEMORY = ("rss_peak_gb", "cuda_alloc_peak_gb", "cuda_reserved_peak_gb")
 REPORT_PROMPTS = 3  # held-out prompts whose greedy answers the report shows before and after
@@ -105,7 +105,7 @@ def save(trainer, before: list[str] | None, wall_s: float) -> Path:
         "objective": trainer.objective.name, "config": trainer.config, "versions": versions(),
         "machine": machine(trainer.device),
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "wall_s": wall_s,
-        "steps": trainer.step_count, "preflight": trainer.preflight,
+        "steps": trainer.step_count, "preflight": trainer.preflight, "collapse": trainer.collapse.alarms,
         "answers": {"prompts": [ex.question for ex in trainer.report_prompts], "before": before,
                     "after": greedy_answers(trainer)},
         "diff": rollout_diff(trainer),
@@ -175,6 +175,9 @@ def _sections(run: dict, metrics: list[dict], results: dict | None) -> list[dict
                                 "TrainConfig.preflight=False."})
     sections.append({"title": "Metrics", "rows": _metric_table(metrics), "figures": ["curves", "phases", "memory"]}
                     if metrics else {"title": "Metrics", "text": "No step was taken."})
+    if run.get("collapse"):  # collapse.CollapseWatch's alarms: rollouts shrinking, repeating, losing entropy
+        sections.append({"title": "Collapse watch", "rows": [["step", "metric", "first steps", "last steps"], *[
+            [str(a["step"]), a["metric"], f"{a['start']:.3g}", f"{a['now']:.3g}"] for a in run["collapse"]]]})
     if results:
         sections.append({"title": "Evaluation", "rows": _results_rows(results)})
     answers = run["answers"]

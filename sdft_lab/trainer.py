@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import checkpoint, distributed, memory, report
+from .collapse import CollapseWatch
 from .data import Example
 from .models import STUDENT, trainable_parameters
 from .tracking import TRACKERS, Tracker
@@ -125,6 +126,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, cosine_with_warmup(self.cfg))
         self.step_count = 0
         self.history: list[dict] = []
+        self.collapse = CollapseWatch()  # warns when rollouts shrink, repeat or lose entropy (collapse.py)
         self.preflight: dict | None = None  # the pre-flight figures, once train() has run it
 
     def batch(self, index: int) -> list[Example]:
@@ -190,6 +192,7 @@ class Trainer:
                   "lr": self.scheduler.get_last_lr()[0], "optim_s": time.perf_counter() - to,
                   "step_s": time.perf_counter() - t0, **self.group.average_metrics(memory.peak(self.device))}
         self.history.append(record)
+        self.collapse(self.history)
         for callback in self.callbacks:
             callback(record)
         if self.tracker:

@@ -85,10 +85,13 @@ def test_bad_config_files_say_what_and_where(tmp_path, text, message):
 
 
 def test_eval_scores_probes_knowledge_and_a_task_with_an_adapter(tiny_dir, trained, tmp_path):
+    """Break it fails on (made once): the CLI loading the model without --adapter (drift is then exactly 0)."""
     out = tmp_path / "eval.json"
     results = run(["eval", "--model", tiny_dir, "--adapter", str(trained / "adapter"), "--probes", "--knowledge",
-                    "--task", "toolcall", "--scorer", "toolcall", "--split", "eval", "--limit", "3", "--out", str(out)])
+                    "--task", "toolcall", "--scorer", "toolcall", "--split", "eval", "--limit", "3", "--drift",
+                    "--out", str(out)])
     assert json.loads(out.read_text()) == results
+    assert set(results["drift"]) == {"general", "task"} and min(results["drift"].values()) > 1e-6
     assert 0 <= results["retention_probes"]["overall"] <= 1
     assert set(results["knowledge_qa"]["all"]) == {"strict", "lenient"}
     assert 0 <= results["task:toolcall"]["toolcall"] <= 1
@@ -97,6 +100,8 @@ def test_eval_scores_probes_knowledge_and_a_task_with_an_adapter(tiny_dir, train
 def test_eval_refuses_a_folder_that_is_not_an_adapter(tiny_dir, tmp_path):
     with pytest.raises(SystemExit, match="not a saved adapter"):
         run(["eval", "--model", tiny_dir, "--adapter", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--drift measures an adapter"):
+        run(["eval", "--model", tiny_dir, "--drift"])
 
 
 def test_diff_writes_escaped_html(tiny_dir, tmp_path):

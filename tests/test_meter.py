@@ -9,6 +9,7 @@ import torch
 
 from sdft_lab import SDFT, SFT, Example, SDFTConfig, TrainConfig, Trainer
 from sdft_lab.eval import QAItem, qa_accuracy
+from sdft_lab.eval.drift import drift, references
 from sdft_lab.eval.meter import ANSWER_FRAME, MeterCallback, meter
 from sdft_lab.losses import sequence_means
 from sdft_lab.prompts import encode, render_chat
@@ -51,7 +52,8 @@ def test_meter_rises_after_sft_on_the_framed_answer_and_the_callback_records_it(
     model, tok = tiny
     train = [Example(it.question, f"{ANSWER_FRAME} 1907.", id=f"q{i}") for i, it in enumerate(ITEMS)]
     points = []
-    callback = MeterCallback(model, tok, ITEMS, every=4, live=points.append)
+    refs = references(model, tok, ["Name a colour.", "What is two plus two?"], task=[it.question for it in ITEMS])
+    callback = MeterCallback(model, tok, ITEMS, every=4, live=points.append, drift=refs)
     ceiling = meter(model, tok, ITEMS, with_passage=True)
     assert ceiling["passage"]["all"] > callback.curve[0]["passage"]["all"]  # the passage in context helps copy it
     Trainer(model, tok, SFT(), train, TrainConfig(steps=8, batch_size=2, lr=1e-2, report=False),
@@ -59,6 +61,10 @@ def test_meter_rises_after_sft_on_the_framed_answer_and_the_callback_records_it(
     assert [p["step"] for p in callback.curve] == [0, 4, 8] and points == callback.curve
     before, after = callback.curve[0]["answer"]["all"], callback.curve[-1]["answer"]["all"]
     assert after > before + 2, (before, after)  # the trained answer's tokens: measured -12.1 → -6.6 nats
+    # the forgetting meter beside it: 0 at step 0, then the trained student's own drift at every point
+    assert callback.curve[0]["drift"] == {"general": 0.0, "task": 0.0}
+    assert callback.curve[-1]["drift"] == {name: pytest.approx(drift(model, r)) for name, r in refs.items()}
+    assert 0 < callback.curve[1]["drift"]["task"] < callback.curve[2]["drift"]["task"]
     # the meter scores the student: with the adapter off (the base) nothing has moved
     assert meter(model, tok, ITEMS, with_passage=True)["passage"]["all"] == pytest.approx(ceiling["passage"]["all"])
 

@@ -27,6 +27,7 @@ from ..losses import chunked_token_logp
 from ..models import lm_head, teacher_view
 from ..prompts import encode, fill, render_chat
 from ..rollout import Completions, branch_hidden
+from .drift import Reference, drifts
 from .knowledge import CONTEXT_TEMPLATE, QAItem
 
 ANSWER_FRAME = "The answer is"  # + " <answer>."
@@ -96,19 +97,23 @@ def meter(model, tokenizer, items: list[QAItem], system: str | None = None, with
 
 class MeterCallback:
     """A Trainer callback: the meter every `every` steps (and at step 0), kept in `self.curve`;
-    `live(point)` is called with each new point (plots.LiveMeter draws it in a notebook)."""
+    `live(point)` is called with each new point (plots.LiveMeter draws it in a notebook). With `drift`
+    (eval.drift.references()), each point also carries the forgetting meter: {"drift": {set: KL}}."""
 
     def __init__(self, model, tokenizer, items: list[QAItem], every: int = 5, system: str | None = None,
-                 start: dict | None = None, live: Callable[[dict], None] | None = None):
+                 start: dict | None = None, live: Callable[[dict], None] | None = None,
+                 drift: dict[str, Reference] | None = None):
         """start: the step-0 figures if already measured (a fresh LoRA student scores as its base)."""
         self.model, self.tokenizer, self.items, self.every, self.system = model, tokenizer, items, every, system
-        self.live = live
+        self.live, self.drift = live, drift
         self.curve: list[dict] = []
         self.measure(0, start)
 
     def measure(self, step: int, figures: dict | None = None) -> None:
         """Add the point of `step` (figures: already measured ones, else the meter runs now)."""
         point = {"step": step, **(figures or meter(self.model, self.tokenizer, self.items, self.system))}
+        if self.drift is not None:
+            point["drift"] = drifts(self.model, self.drift)
         self.curve.append(point)
         if self.live:
             self.live(point)
