@@ -15,8 +15,8 @@ def history(lengths, distinct=None):
 
 
 def test_it_warns_once_when_a_metric_falls_below_the_floor_and_not_before():
-    """Breaks it fails on (made once): comparing against the last window's own start (no alarm), or warning
-    at every step once fallen."""
+    """Breaks it fails on (each made once): the floor ignored (any fall warns), or a warning at every step
+    once a metric has fallen."""
     watch = CollapseWatch(window=2, floor=0.5)
     steady = history([30, 30, 28, 31, 29])
     with warnings.catch_warnings():
