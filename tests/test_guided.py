@@ -85,3 +85,15 @@ def test_distinct2_counts_repeated_bigrams():
     mask = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 0]])
     # row 0: (1,2) (2,1) (1,2) (2,1): 2 distinct of 4; row 1: (5,6) (6,7): 2 of 2 → 4 of 6
     assert distinct2(Completions(ids, mask, [])) == pytest.approx(4 / 6)
+
+
+def test_the_token_view_shows_which_tokens_the_evidence_mask_keeps(tiny):
+    """Break it fails on (made once): token_diffs marking in_loss from the eligible tokens, not the mask."""
+    from sdft_lab.inspect.diffs import token_diffs
+
+    model, tok = perturbed(tiny)
+    cfg = SDFTConfig(max_new_tokens=10, skip_first=2, guided=1.0, evidence_mask=True)
+    diffs = token_diffs(model, tok, EXAMPLES[:2], cfg, seed=5)
+    for d in diffs:
+        assert d.in_loss == [i >= 2 and r > 0 for i, r in enumerate(d.log_ratio)]
+    assert any(d.in_loss[i] != (i >= 2) for d in diffs for i in range(len(d.tokens)))  # the mask drops some

@@ -229,3 +229,33 @@ def search_figure(results: dict) -> go.Figure:
                       xaxis_title="retention probes after training", yaxis_title="passage log-prob gain (nats/token)",
                       height=420)
     return fig
+
+
+def frontier_figure(results: dict, gain: str = "answer") -> go.Figure:
+    """The learning–forgetting frontier (experiments/frontier.py): each configuration's mean gain against its
+    mean drift on general questions, ± one sd over its seeds, one line per family through its learning rates.
+    Up and to the left is better: more learned for less moved."""
+    fig = go.Figure()
+    for (family, pts), color in zip(_families(results["points"]).items(), px.colors.qualitative.Plotly[2:]):
+        pts = sorted(pts, key=lambda p: p["lr"])
+        fig.add_trace(go.Scatter(
+            x=[p["drift_general"]["mean"] for p in pts], y=[p[gain]["mean"] for p in pts], mode="lines+markers+text",
+            name=family, marker=dict(color=color, size=[12 if len(p["seeds"]) > 1 else 7 for p in pts]),
+            line=dict(color=color, dash="solid" if family == "SFT" else "dash"),
+            error_x=dict(array=[p["drift_general"]["sd"] or 0 for p in pts]),
+            error_y=dict(array=[p[gain]["sd"] or 0 for p in pts]),
+            text=[f"lr {p['lr']:g}" for p in pts], textposition="top center",
+            customdata=[[len(p["seeds"]), p["retention"]["mean"]] for p in pts],
+            hovertemplate=f"{family} %{{text}}<br>drift %{{x:.3f}}<br>{gain} gain %{{y:.2f}}<br>"
+                          "seeds %{customdata[0]}, retention %{customdata[1]:.3f}<extra></extra>"))
+    fig.update_xaxes(type="log", title="drift: KL(base ‖ tuned) per token on general text (log)")
+    fig.update_layout(title=f"Learning vs forgetting, each method over its learning rates ({gain} gain, ± 1 sd "
+                            "over seeds)", yaxis_title=f"{gain} log-prob gain (nats/token)", height=440)
+    return fig
+
+
+def _families(points: list[dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for p in points:
+        out.setdefault(p["family"], []).append(p)
+    return out
