@@ -7,6 +7,7 @@ step needed, not what the process once needed. On Linux the CPU peak (VmHWM) is 
 
 from __future__ import annotations
 
+import gc
 import sys
 from pathlib import Path
 
@@ -33,6 +34,13 @@ def peak(device: torch.device) -> dict[str, float]:
         out["cuda_alloc_peak_gb"] = torch.cuda.max_memory_allocated(device) / GB
         out["cuda_reserved_peak_gb"] = torch.cuda.max_memory_reserved(device) / GB
     return out
+
+
+def release(device: torch.device) -> None:
+    """Give freed memory back after a failed step: collect cycles, then empty CUDA's cache (on CUDA)."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def short(record: dict) -> str:

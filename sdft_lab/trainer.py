@@ -145,13 +145,18 @@ class Trainer:
             self.answers_before = report.greedy_answers(self)  # the report's "before", whichever call comes first
         if self.group.is_main and self.cfg.report_to and self.tracker is None:
             self.tracker = Tracker(self.cfg.report_to, self.run_dir.name, self.config)  # fails before any change
+        failed = None
         try:
             record = self._step()
         except torch.OutOfMemoryError as err:
+            failed = str(err)  # only the message: the error's traceback holds the failed step's tensors
+        if failed is not None:  # raised outside the `except`, so that those tensors are freed first
             self.optimizer.zero_grad(set_to_none=True)
+            memory.release(self.device)
             raise torch.OutOfMemoryError(
-                f"Out of memory at step {self.step_count}. Try a smaller batch_size (with grad_accum to keep the "
-                "batch), fewer max_new_tokens, a smaller divergence.chunk_tokens, or quantization='nf4'.") from err
+                f"Out of memory at step {self.step_count} ({failed}). Its tensors are freed, so a retry can run. Try "
+                "a smaller batch_size (with grad_accum to keep the batch), fewer max_new_tokens, a smaller "
+                "divergence.chunk_tokens, or quantization='nf4'.")
         if self.cfg.checkpoint_every and self.step_count % self.cfg.checkpoint_every == 0:
             self.save_checkpoint()
         return record
