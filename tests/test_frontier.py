@@ -1,0 +1,52 @@
+"""The frontier's rule (experiments/frontier.py) on made-up trials whose verdicts are known by hand."""
+
+import math
+
+import pytest
+
+from sdft_lab.experiments.frontier import RULE, points, sft_frontier, verdicts
+
+
+def trials(family, method, lr, drift, gains, retention=0.65):
+    return [{"family": family, "method": method, "name": f"{family} {lr}", "settings": {"lr": lr}, "seed": s,
+             "gain": {"answer": g, "passage": g / 4}, "drift": {"general": drift, "task": 2 * drift},
+             "retention": retention, "train_s": 60.0} for s, g in enumerate(gains)]
+
+
+SFT = trials("SFT", "sft", 1e-4, 0.01, [0.99, 1.0, 1.01]) + trials("SFT", "sft", 1e-3, 0.1, [1.99, 2.0, 2.01])
+
+
+def results(*sdft):
+    r = {"trials": SFT + [t for group in sdft for t in group], "base_retention": 0.65, "n_probes": 120}
+    r["points"] = points(r)
+    return r
+
+
+def test_sft_frontier_interpolates_in_log_drift():
+    pts = points({"trials": SFT})
+    gain, se, where = sft_frontier(pts, math.sqrt(0.01 * 0.1), "answer")  # halfway in log drift
+    assert (gain, where) == (pytest.approx(1.5), "inside") and se == pytest.approx(0.01 / math.sqrt(3))
+    assert sft_frontier(pts, 0.001, "answer")[2] == "below" and sft_frontier(pts, 1.0, "answer")[2] == "above"
+
+
+@pytest.mark.parametrize("drift, gains, verdict", [
+    (math.sqrt(1e-3), [1.98, 2.0, 2.02], "AHEAD"),   # +0.5 over SFT's 1.5 at the same drift
+    (math.sqrt(1e-3), [1.48, 1.5, 1.52], "EVEN"),
+    (math.sqrt(1e-3), [0.98, 1.0, 1.02], "BEHIND"),
+    (0.005, [1.48, 1.5, 1.52], "AHEAD"),             # less drift than SFT's least, and more learned
+    (0.005, [0.88, 0.9, 0.92], "OUTSIDE"),           # less drift, less learned: no verdict
+    (0.2, [0.98, 1.0, 1.02], "BEHIND"),              # more drift than SFT's most, and less learned
+])
+def test_the_rule_gives_the_verdicts_worked_out_by_hand(drift, gains, verdict):
+    """Breaks it fails on (each made once): the margin's sign reversed, or "below SFT's range" judged as
+    inside (an extrapolated frontier)."""
+    r = results(trials("SDFT guided", "sdft", 1e-3, drift, gains))
+    row, = verdicts(r)["per_point"]
+    assert row["answer"]["verdict"] == verdict
+    assert verdicts(r)["ahead"]["answer"] == (verdict == "AHEAD")
+
+
+def test_a_point_that_forgets_on_the_probes_is_not_counted_ahead():
+    r = results(trials("SDFT guided", "sdft", 1e-3, math.sqrt(1e-3), [1.98, 2.0, 2.02], retention=0.5))
+    assert verdicts(r)["per_point"][0]["answer"]["verdict"] == "AHEAD" and not verdicts(r)["ahead"]["answer"]
+    assert "before any run" not in RULE and "AHEAD" in RULE and "twice the standard error" in RULE
