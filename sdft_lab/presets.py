@@ -68,6 +68,14 @@ def parameter_count(p: Preset) -> tuple[int, int]:
     return linear, V * H * (1 if s["tie_word_embeddings"] else 2)
 
 
+def adapter_parameters(p: Preset) -> int:
+    """LoRA parameters of the student adapter on every linear layer of the decoder: r·(in + out) each."""
+    s = p.shape
+    H, I, L = s["hidden_size"], s["intermediate_size"], s["num_hidden_layers"]
+    kv = s["num_key_value_heads"] * (H // s["num_attention_heads"])
+    return L * p.lora_r * (4 * H + 2 * (H + kv) + 3 * (H + I))  # q, o; k, v; gate, up, down
+
+
 def estimate_vram_gb(p: Preset, batch_size: int | None = None, max_new_tokens: int | None = None,
                      prompt_tokens: int = 512, chunk_tokens: int = 256) -> float:
     """Peak GPU memory of one SDFT step over an NF4 base with gradient checkpointing, in GB (1e9 bytes).
@@ -88,7 +96,7 @@ def estimate_vram_gb(p: Preset, batch_size: int | None = None, max_new_tokens: i
     T = prompt_tokens + N
     linear, embeddings = parameter_count(p)
     weights = linear * 0.5 * 1.03 + embeddings * 2
-    adapter = L * p.lora_r * (4 * H + 2 * (H + kv) + 3 * (H + I)) * 16
+    adapter = adapter_parameters(p) * 16
     kv_cache = 2 * L * B * T * kv * 2
     activations = L * B * T * H * 2 + B * T * (6 * H + 2 * kv + 3 * I) * 2 * 2
     logits = chunk_tokens * V * 4 * 6

@@ -122,3 +122,20 @@ def test_mc_accuracy_picks_the_best_scored_option_of_each_probe_and_follows_a_pe
     assert mc_accuracy(model, tok, wrong, batch_size=4)["overall"] == 0.0
     rotated = [replace(p, options=p.options[1:] + p.options[:1], answer=(p.answer - 1) % len(p.options)) for p in probes]
     assert mc_accuracy(model, tok, rotated, batch_size=4)["overall"] == 1.0
+
+
+def test_qa_accuracy_groups_by_kind_and_keeps_strict_and_lenient_apart(tiny, monkeypatch):
+    """The answers are given (greedy mocked), so every figure is known by hand. Breaks it fails on (each made
+    once): strict and lenient swapped, or every item counted under every kind."""
+    from sdft_lab.eval import knowledge
+
+    items = [QAItem("f", kind, f"Q{i}?", ["1907"], ["1911"], "It opened in 1907.")
+             for i, kind in enumerate(["direct", "direct", "indirect", "ood", "ood"])]
+    said = ["1907.", "1907 or 1911.", "No idea.", "In 1907.", "1911."]  # strict 1 0 0 1 0, lenient 1 1 0 1 0
+    monkeypatch.setattr(knowledge, "greedy", lambda *a, **k: (said, [False, True, False, False, True]))
+    out = qa_accuracy(*tiny, items)
+    assert out["direct"] == {"strict": 0.5, "lenient": 1.0}
+    assert out["indirect"] == {"strict": 0.0, "lenient": 0.0}
+    assert out["ood"] == {"strict": 0.5, "lenient": 0.5}
+    assert out["all"] == {"strict": pytest.approx(2 / 5), "lenient": pytest.approx(3 / 5)}
+    assert out["cut"] == pytest.approx(2 / 5)

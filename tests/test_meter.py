@@ -13,7 +13,7 @@ from sdft_lab.eval.drift import drift, references
 from sdft_lab.eval.meter import ANSWER_FRAME, MeterCallback, meter
 from sdft_lab.losses import sequence_means
 from sdft_lab.prompts import encode, render_chat
-from sdft_lab.rollout import completion_hidden, completions_from_ids
+from sdft_lab.rollout import completion_hidden, completions_from_ids, sample
 from sdft_lab.losses import chunked_token_logp
 from sdft_lab.models import lm_head
 
@@ -92,10 +92,17 @@ def test_k_rollouts_per_prompt_are_in_one_batch_and_the_loss_is_their_mean(tiny,
 
 
 def test_qa_reports_the_share_of_answers_cut_off(tiny):
+    """Break it fails on (made once): a cut flag that is always true. The tiny model's first greedy token for one question is made an EOS id: that answer ends at
+    once, the others (checked by hand) run out of tokens."""
     model, tok = tiny
-    short, long = qa_accuracy(model, tok, ITEMS, max_new_tokens=2), qa_accuracy(model, tok, ITEMS, max_new_tokens=40)
-    # a random model rarely says EOS: two tokens cut every answer; a longer budget cuts no more of them
-    assert short["cut"] == 1.0 and 0 <= long["cut"] <= short["cut"]
+    prompts = [encode(tok, render_chat(tok, it.question)) for it in ITEMS]
+    first = [greedy_ids[0] for greedy_ids in sample(model, tok, prompts, 6, temperature=0).ids.tolist()]
+    model.generation_config.eos_token_id = [first[0]]
+    by_hand = [first[0] not in ids for ids in sample(model, tok, prompts, 6, temperature=0).ids.tolist()]
+    assert by_hand[0] is False and True in by_hand  # one answer ends at its first token, another is cut
+    out = qa_accuracy(model, tok, ITEMS, max_new_tokens=6)
+    assert out["cut"] == pytest.approx(sum(by_hand) / len(by_hand))
+    assert qa_accuracy(model, tok, ITEMS, max_new_tokens=1)["cut"] == pytest.approx(sum(by_hand) / len(by_hand))
 
 
 def test_the_docs_table_is_the_search_json():

@@ -3,7 +3,9 @@ preset: test_reliability)."""
 
 import pytest
 
-from sdft_lab.presets import PRESETS, estimate_vram_gb, parameter_count, table
+from pathlib import Path
+
+from sdft_lab.presets import PRESETS, adapter_parameters, estimate_vram_gb, parameter_count, table
 
 # Parameter counts the model cards publish, in billions (embeddings included, counted once when tied).
 PUBLISHED_B = {"qwen2.5-0.5b": 0.49, "qwen2.5-1.5b": 1.54, "qwen2.5-3b": 3.09, "qwen2.5-7b": 7.62,
@@ -30,3 +32,30 @@ def test_the_vram_estimate_by_hand_for_the_7b_shape():
     assert estimate_vram_gb(p, batch_size=8) > large  # grows with the batch
     assert p.vram_source == "estimated" and f"{large} GB (estimated)" in table()
 
+
+
+@pytest.mark.parametrize("name", ["qwen2.5-7b", "llama-3.2-1b"])
+def test_the_counts_match_the_model_and_the_adapter_transformers_and_peft_build(name):
+    """The estimate's parts against real modules (built on the meta device: no memory, no download), not
+    against its own formula. Break it fails on (made once): k and v counted as one projection."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from torch import nn
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+
+    p = PRESETS[name]
+    config = (Qwen2Config if p.architecture == "qwen2" else LlamaConfig)(**p.shape)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    linear = sum(m.weight.numel() for m in model.model.layers.modules() if isinstance(m, nn.Linear))
+    embeddings = model.model.embed_tokens.weight.numel() + (0 if p.shape["tie_word_embeddings"] else
+                                                            model.lm_head.weight.numel())
+    assert parameter_count(p) == (linear, embeddings)
+    with torch.device("meta"):
+        peft_model = get_peft_model(model, LoraConfig(r=p.lora_r, target_modules="all-linear"))
+    assert adapter_parameters(p) == sum(t.numel() for n, t in peft_model.named_parameters() if "lora_" in n)
+
+
+def test_the_docs_table_is_the_presets_table():
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "gpu.md").read_text()
+    assert table() in docs, "docs/gpu.md's preset table differs from presets.table(): paste it again"
