@@ -1,6 +1,7 @@
 """The lean sampler (sampler.py) draws the same tokens as model.generate, so SDFT's losses do not change."""
 
 import json
+from unittest import mock
 
 import pytest
 import torch
@@ -120,6 +121,11 @@ def test_layouts_are_measured_once_per_machine_shape_and_rows_without_touching_t
     monkeypatch.setattr(sampler, "TRANSPOSED", {})
     sampler.measure_layouts(weights, 2)
     assert sampler.TRANSPOSED == {k: not v for k, v in measured.items()}
+    # once every shape at this batch size is known, a rollout neither reads the file nor times anything
+    # (break it fails on, made once: the early return `if not groups` removed)
+    with mock.patch.object(sampler, "_saved", side_effect=AssertionError("the layouts file was read again")), \
+            mock.patch.object(sampler, "product", side_effect=AssertionError("a layout was timed again")):
+        sampler.measure_layouts(weights, 2)
     assert sampler.layouts(2) == f"W·xᵀ {sum(sampler.TRANSPOSED.values())}/2" and sampler.layouts(3) == "x·Wᵀ"
     x = torch.randn(2, 4)
     for transposed in (False, True):
