@@ -48,6 +48,37 @@ def test_lean_matches_generate_with_and_without_adapter(tokenizer, demo, kw):
     assert not torch.equal(on, off)  # the adapter is really applied
 
 
+@pytest.mark.parametrize("kw", SETTINGS[::2])
+def test_the_unmerged_adapter_path_matches_generate(tokenizer, demo, monkeypatch, kw):
+    """The path every GPU, bf16 and NF4 rollout takes: base layer + B(A(x))·scaling, no merged weight. In fp32
+    it must draw generate's tokens. Breaks it fails on (each made once): `if not module.disable_adapters:`
+    replaced by `if False:` (rollouts from the base, not the student), and `* module.scaling[name]` dropped."""
+    monkeypatch.setattr(sampler, "merged_weights", lambda model: {})
+    model = perturbed_student(tiny_llama(tokenizer))
+    assert next(iter(model.peft_config.values())).lora_alpha != next(iter(model.peft_config.values())).r  # scaling ≠ 1
+    same_tokens(model, tokenizer, prompts(tokenizer, demo), **kw)
+
+
+def test_the_unmerged_path_in_bf16_follows_the_models_own_logits(tokenizer, demo, monkeypatch):
+    """In bf16 the two engines may round apart, so the unmerged path is checked against the model's own
+    forward: the greedy tokens it decodes are the argmax of the full model's logits over the same text, bar
+    near-ties (top-2 gap under 0.05 nats, bf16's resolution at these logit sizes)."""
+    monkeypatch.setattr(sampler, "merged_weights", lambda model: {})
+    model = perturbed_student(tiny_llama(tokenizer).to(torch.bfloat16))
+    ps = prompts(tokenizer, demo)
+    y = sample(model, tokenizer, ps, 12, temperature=0, engine="lean")
+    with teacher_view(model, "base"):
+        base = sample(model, tokenizer, ps, 12, temperature=0, engine="lean")
+    assert not torch.equal(y.ids, base.ids)  # the adapter decides tokens here
+    for p, ids, n in zip(ps, y.ids.tolist(), y.lengths.tolist()):
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([p + ids[:n]])).logits[0, len(p) - 1:len(p) + n - 1].float()
+        top2 = logits.topk(2, -1).values
+        clear = (top2[:, 0] - top2[:, 1]) > 0.05
+        assert clear.sum() >= n // 2
+        assert torch.equal(logits.argmax(-1)[clear], torch.tensor(ids[:n])[clear])
+
+
 def test_lean_matches_generate_on_qwen2_with_biases(tokenizer, demo):
     torch.manual_seed(0)
     config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
