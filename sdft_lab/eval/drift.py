@@ -6,8 +6,8 @@ an option. Drift sees all of them:
   drift = mean per-token KL(base ‖ tuned) over the base's own greedy answers to fixed questions
 
 (mean over each answer's tokens, then over answers). The answers are written once, by the base with the
-adapter off, and then only scored: one forward pass per side, no sampling at measurement time, and exactly 0
-for an untouched adapter. RL's Razor (Shenfeld et al., arXiv 2509.04259) found that this KL, measured on the
+adapter off, and the base's hidden states over them are kept (a few MB): a measurement is then one forward
+pass of the tuned model, no sampling, and exactly 0 for an untouched adapter. RL's Razor (Shenfeld et al., arXiv 2509.04259) found that this KL, measured on the
 new task's own inputs, predicts forgetting across methods; on general questions it is a direct reading of
 how much of the base's behaviour a run has kept.
 
@@ -33,10 +33,13 @@ ANSWER_TOKENS = 48  # enough for a short answer to a general question; every ans
 
 @dataclass
 class Reference:
-    """The fixed text drift is measured on: prompts and the base's own greedy answers to them."""
+    """The fixed text drift is measured on: prompts, the base's own greedy answers to them, and the base's
+    hidden states over those answers, `batch_size` answers a tensor (the base side of every measurement)."""
 
     prompts: list[list[int]]
     answers: Completions
+    base_hidden: list[torch.Tensor]
+    batch_size: int
 
 
 @torch.no_grad()
@@ -45,11 +48,19 @@ def reference(model, tokenizer, questions: list[str], system: str | None = None,
     """The base's greedy answers (the adapter off, whatever `model` carries) to each question."""
     prompts = [encode(tokenizer, render_chat(tokenizer, q, system)) for q in questions]
     rows: list[list[int]] = []
+    hidden = []
     with teacher_view(model, "base"):
         for i in tqdm(range(0, len(prompts), batch_size), desc="drift reference", leave=False):
             y = sample(model, tokenizer, prompts[i:i + batch_size], max_new_tokens, temperature=0)
             rows += [ids[:n] for ids, n in zip(y.ids.tolist(), y.lengths.tolist())]
-    return Reference(prompts, _batch(rows, tokenizer.pad_token_id))
+            hidden.append(completion_hidden(model, prompts[i:i + batch_size], _trimmed(y)))
+    return Reference(prompts, _batch(rows, tokenizer.pad_token_id), hidden, batch_size)
+
+
+def _trimmed(y: Completions) -> Completions:
+    """The batch cut to its own longest answer: no padding-only columns."""
+    width = int(y.mask.sum(-1).max())
+    return Completions(y.ids[:, :width], y.mask[:, :width], [])
 
 
 def _batch(rows: list[list[int]], pad_id: int) -> Completions:
@@ -62,20 +73,18 @@ def _batch(rows: list[list[int]], pad_id: int) -> Completions:
 
 
 @torch.no_grad()
-def per_answer(model, ref: Reference, batch_size: int = 32) -> torch.Tensor:
-    """[N] each answer's mean per-token KL(base ‖ tuned); the base is `model` with its adapter off."""
+def per_answer(model, ref: Reference) -> torch.Tensor:
+    """[N] each answer's mean per-token KL(base ‖ tuned); the base side is the reference's kept hidden states
+    (the base with the adapter off, as `reference()` ran it)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()  # LoRA dropout would make the tuned side random
     out = []
     try:
-        for i in range(0, len(ref.prompts), batch_size):
-            prompts = ref.prompts[i:i + batch_size]
-            y = Completions(ref.answers.ids[i:i + batch_size], ref.answers.mask[i:i + batch_size], [])
-            width = int(y.mask.sum(-1).max())  # the batch's own longest answer: no padding-only columns
-            y = Completions(y.ids[:, :width], y.mask[:, :width], [])
-            with teacher_view(model, "base"):
-                base_h = completion_hidden(model, prompts, y)
+        for j, i in enumerate(range(0, len(ref.prompts), ref.batch_size)):
+            prompts = ref.prompts[i:i + ref.batch_size]
+            y = _trimmed(Completions(ref.answers.ids[i:i + ref.batch_size], ref.answers.mask[i:i + ref.batch_size], []))
+            base_h = ref.base_hidden[j].to(device)
             tuned_h = completion_hidden(model, prompts, y)
             mask = y.mask.to(device)
             # forward KL(teacher ‖ student) with the base as the teacher is KL(base ‖ tuned)
@@ -86,9 +95,9 @@ def per_answer(model, ref: Reference, batch_size: int = 32) -> torch.Tensor:
     return torch.cat(out)
 
 
-def drift(model, ref: Reference, batch_size: int = 32) -> float:
+def drift(model, ref: Reference) -> float:
     """Mean per-token KL(base ‖ tuned) over the reference answers: 0 for an untouched adapter."""
-    return per_answer(model, ref, batch_size).mean().item()
+    return per_answer(model, ref).mean().item()
 
 
 def references(model, tokenizer, general: list[str], task: list[str] | None = None,
