@@ -24,6 +24,10 @@ from safetensors.torch import load_file, save_file
 FILES = ("adapters.safetensors", "state.safetensors", "state.json")
 
 
+def model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
 def adapter_tensors(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().contiguous() for n, p in model.named_parameters() if "lora_" in n}
 
@@ -38,8 +42,9 @@ def save(directory: str | Path, step: int, model, optimizer, scheduler, history:
         opt = optimizer.state_dict()
         tensors = {f"opt.{i}.{k}": v.contiguous() for i, s in opt["state"].items() for k, v in s.items()}
         tensors["rng.torch"] = torch.get_rng_state()
-        if torch.cuda.is_available():
-            tensors.update({f"rng.cuda.{i}": t for i, t in enumerate(torch.cuda.get_rng_state_all())})
+        device = model_device(model)
+        if device.type == "cuda":  # the model's GPU only: a resume may see other GPUs, or fewer
+            tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
         save_file(tensors, tmp / FILES[1])
         version, ints, gauss = random.getstate()
         state = {"step": step, "param_groups": opt["param_groups"], "scheduler": scheduler.state_dict(),
@@ -87,9 +92,9 @@ def load(path: str | Path, model, optimizer, scheduler) -> tuple[int, list[dict]
     optimizer.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(tensors["rng.torch"])
-    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
-    if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda)
+    device = model_device(model)
+    if "rng.cuda" in tensors and device.type == "cuda":
+        torch.cuda.set_rng_state(tensors["rng.cuda"], device)
     version, ints, gauss = state["python_rng"]
     random.setstate((version, tuple(ints), gauss))
     return state["step"], state["history"]

@@ -177,9 +177,10 @@ def chunked_token_losses(
 
     def chunk(s_h, t_h, y):
         # each side normalised once, for the loss and the statistics alike
-        s_logp = F.log_softmax((head(s_h) / temperature).float(), dim=-1)
+        # upcast first, then divide: in bf16 the division would round the logits once more
+        s_logp = F.log_softmax(head(s_h).float() / temperature, dim=-1)
         with torch.no_grad():
-            t_logp = F.log_softmax((head(t_h) / temperature).float(), dim=-1)
+            t_logp = F.log_softmax(head(t_h).float() / temperature, dim=-1)
         loss = divergence_logp(t_logp, s_logp, cfg, y)
         return loss, token_stats_logp(t_logp, s_logp.detach(), y, loss if full_forward else None)
 

@@ -1,4 +1,5 @@
-"""Peak memory of one training step: the process's resident set on the CPU, the allocator's peaks on CUDA.
+"""Peak memory and time of one training step: the process's resident set on the CPU, the allocator's peaks
+on CUDA, and a clock that waits for the GPU (clock()), so that each phase is charged its own kernels.
 
 The trainer calls reset_peak() when a step starts and peak() when it ends, so every record says what that
 step needed, not what the process once needed. On Linux the CPU peak (VmHWM) is reset through
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -34,6 +36,14 @@ def peak(device: torch.device) -> dict[str, float]:
         out["cuda_alloc_peak_gb"] = torch.cuda.max_memory_allocated(device) / GB
         out["cuda_reserved_peak_gb"] = torch.cuda.max_memory_reserved(device) / GB
     return out
+
+
+def clock(device: torch.device) -> float:
+    """time.perf_counter() once the device's queued work is done: CUDA runs asynchronously, and unsynchronised
+    timings charge one phase's kernels to the next (the teacher's to the student's)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def release(device: torch.device) -> None:

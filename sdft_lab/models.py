@@ -38,6 +38,15 @@ def resolve_quantization(quantization: str, device: str) -> str:
     return quantization
 
 
+def compute_dtype(device: str) -> torch.dtype:
+    """bf16 on a GPU that computes it natively (Ampere and later), fp16 on one that does not (T4, V100: bf16
+    would be emulated); fp32 on the CPU, where most CPUs have no native bf16 matmul either and the 4-bit layers
+    then compute exactly what their dequantized weights give. LoRA weights and the losses stay fp32."""
+    if not device.startswith("cuda"):
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+
+
 def load(
     name_or_path: str = BUNDLED,
     quantization: str = "auto",
@@ -48,7 +57,8 @@ def load(
     a hub id.
 
     quantization: "auto" = NF4 on CUDA and fp32 on the CPU; "nf4" forces 4-bit (bitsandbytes, double
-    quant; computes in bf16 on CUDA and fp32 on the CPU); "none" = bf16 on CUDA, fp32 on the CPU.
+    quant); "none" = no quantisation. Compute is compute_dtype(device): bf16 on GPUs that have it natively,
+    fp16 on those that do not, fp32 on the CPU.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
@@ -58,9 +68,7 @@ def load(
     preset = PRESETS.get(name_or_path)
     path = str(bundled_path()) if name_or_path == BUNDLED else preset.hub_id if preset else name_or_path
     kwargs: dict = {"trust_remote_code": trust_remote_code}
-    # bf16 on CUDA; fp32 on the CPU, where most CPUs have no native bf16 matmul (it would be emulated, slower
-    # and less exact) and where the 4-bit layers then compute exactly what their dequantized weights give.
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    dtype = compute_dtype(device)
     kwargs["dtype"] = dtype
     if quant == "nf4":
         kwargs["quantization_config"] = BitsAndBytesConfig(

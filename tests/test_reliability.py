@@ -237,3 +237,18 @@ def test_adapters_and_checkpoints_are_safetensors_and_json_only(tiny, demo, tmp_
     trainer.save_adapter(tmp_path / "adapter")
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert files and all(p.suffix in (".safetensors", ".json", ".md") for p in files), files
+
+
+def test_a_checkpoint_keeps_the_rng_of_the_models_device_only(tiny, demo, tmp_path, monkeypatch):
+    """A CPU model's checkpoint holds no GPU RNG state even where GPUs are visible, so a resume on a machine
+    with other or fewer GPUs cannot fail on it. Break it fails on (made once): saving every visible GPU's
+    state (torch.cuda.get_rng_state_all), as before."""
+    from safetensors.torch import load_file
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [torch.zeros(8, dtype=torch.uint8)] * 2)
+    trainer = make_trainer(tiny, demo, tmp_path)
+    trainer.step()
+    path = checkpoint.latest(tmp_path / "ckpt")
+    assert not [k for k in load_file(path / checkpoint.FILES[1]) if k.startswith("rng.cuda")]
+    assert trainer.resume() == 1

@@ -1,4 +1,4 @@
-"""plotly figures of the trainer's metric stream."""
+"""plotly figures of experiments and live training (a run's own curves, phases and memory: figures.py)."""
 
 from __future__ import annotations
 
@@ -8,26 +8,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-
-def step_axis(steps: list[int]) -> dict:
-    """Whole-number step ticks, step 1 included, at most about ten of them."""
-    return dict(title_text="step", tickmode="linear", tick0=1, dtick=max(1, -(-len(steps) // 10)))
-
-
-def training_curves(history: list[dict], keys: tuple[str, ...] = ("loss", "kl", "entropy", "rollout_len")) -> go.Figure:
-    """One small panel per metric, against the optimizer step. With forward KL the loss *is* the KL: one panel."""
-    keys = [k for k in keys if history and k in history[0]]
-    same = "loss" in keys and "kl" in keys and all(r["loss"] == r["kl"] for r in history)
-    if same:
-        keys.remove("kl")
-    titles = ["loss = KL(teacher ‖ student)" if same and k == "loss" else k for k in keys]
-    fig = make_subplots(rows=1, cols=max(1, len(keys)), subplot_titles=titles)
-    steps = [r["step"] for r in history]
-    for col, key in enumerate(keys, 1):
-        fig.add_trace(go.Scatter(x=steps, y=[r[key] for r in history], mode="lines+markers", name=key), row=1, col=col)
-        fig.update_xaxes(**step_axis(steps), row=1, col=col)
-    fig.update_layout(height=300, showlegend=False, margin=dict(t=60, b=40, l=40, r=20))
-    return fig
+from ..figures import memory_curves, phase_breakdown, step_axis, training_curves  # noqa: F401  (re-exported)
 
 
 class LiveCurves:
@@ -60,19 +41,6 @@ class LiveCurves:
             self.handle = display(self.fig, display_id=True)
         else:
             self.handle.update(self.fig)
-
-
-def phase_breakdown(history: list[dict]) -> go.Figure:
-    """Where each step's time goes: sampling, teacher, student forward, backward, optimizer. The legend gives
-    each phase's mean, so a phase too thin to see still has its figure."""
-    phases = [p for p in ("sample_s", "teacher_s", "student_fwd_s", "backward_s", "optim_s") if history and p in history[0]]
-    steps = [r["step"] for r in history]
-    fig = go.Figure([go.Bar(x=steps, y=[r[p] for r in history],
-                            name=f"{p[:-2]} ({sum(r[p] for r in history) / len(history):.2f} s)") for p in phases])
-    fig.update_layout(barmode="stack", height=320, title="seconds per step, by phase (legend: mean per step)",
-                      yaxis_title="seconds", margin=dict(t=60, b=40, l=40, r=20))
-    fig.update_xaxes(**step_axis(steps))
-    return fig
 
 
 def knowledge_figures(results: dict) -> dict[str, go.Figure]:
