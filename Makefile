@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 EXTRAS := $(VENV)/.extras
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: setup lab test test-fast browser-test demo bench gpu-check screenshots clean
+.PHONY: setup lab test test-fast browser-test demo bench gpu-check gpu-box screenshots clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
@@ -49,11 +49,16 @@ bench: setup $(EXTRAS)
 	$(PY) bench/step_time.py --prompts 4
 	$(PY) bench/step_time.py --prompts 16 --variants sft sdft trl-full generate
 
-# The QLoRA path on a CUDA GPU in ≤ 5 minutes (random 1.5B- and 7B-shaped NF4 models, nothing downloaded), then
-# the GPU-marked tests. Without a GPU it says so and fails.
-gpu-check: setup
+# The QLoRA path on a CUDA GPU (random weights of the 1.5B and 7B presets' shapes through load(), nothing
+# downloaded), then the GPU-marked tests. Needs no network once `make setup` has run; without a GPU it says so.
+gpu-check:
+	@test -x $(PY) || { echo "gpu-check: run make setup first (it installs from PyPI)" >&2; exit 2; }
 	$(PY) bench/gpu_check.py
 	$(PY) -m pytest -m gpu tests
+
+# What an air-gapped GPU box lacks, packed into .gpu_box/ for scripts/gpu_box.sh there (docs/gpu.md).
+gpu-box: setup
+	$(PY) scripts/pack_gpu_box.py
 
 # Needs Debian's chromium (apt-get install chromium).
 screenshots: setup

@@ -78,8 +78,10 @@ def frontier(out: Path, seeds: tuple[int, ...] = SEEDS, families: list[str] | No
         "base_retention": mc_accuracy(base, tok, probes)["overall"], "n_probes": len(probes), "trials": []}
     done = {(t["name"], t["seed"]) for t in results["trials"]}
     cache: dict = {}
-    todo = [(seed, f, m, s) for seed in seeds for f, m, s, own in configurations()
-            if seed in own and (families is None or f in families)]  # seed 0 of every point first
+    # seed 0 of every point first, then the other seeds; the one-seed families last: no verdict rests on them
+    todo = [(len(own) == 1, seed, f, m, s) for seed in seeds for f, m, s, own in configurations()
+            if seed in own and (families is None or f in families)]
+    todo = [t[1:] for t in sorted(todo, key=lambda t: t[0])]
     for seed, family, method, s in tqdm(todo, desc="frontier"):
         if (name_of(method, s), seed) in done:
             continue
