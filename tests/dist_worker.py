@@ -1,9 +1,9 @@
-"""A short SDFT run for test_distributed, the same script single-process or under `accelerate launch`.
+"""A short SDFT (or SFT) run for test_distributed, the same script single-process or under `accelerate launch`.
 
-    accelerate launch --multi_gpu --num_processes 2 tests/dist_worker.py OUT --batch-size 2
+    accelerate launch --multi_gpu --num_processes 2 tests/dist_worker.py OUT --batch-size 2 [--method sft]
     python tests/dist_worker.py OUT --batch-size 4          # the same run on one process
 
-Real sampling (temperature 1). Writes OUT/rank{R}.json (the example ids of every micro-batch this process
+SDFT samples for real (temperature 1); SFT samples nothing, so its runs on 1 and 2 processes are comparable. Writes OUT/rank{R}.json (the example ids of every micro-batch this process
 trained on, the rollout seeds and rollouts, the step losses) and OUT/rank{R}.safetensors (its adapters after
 training, and its gradients of the first step before and after the average over the processes).
 """
@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import tiny_llama  # noqa: E402
 
-from sdft_lab import SDFT, SDFTConfig, TrainConfig, Trainer, add_student, distributed, load_dataset  # noqa: E402
+from sdft_lab import SDFT, SFT, SDFTConfig, TrainConfig, Trainer, add_student, distributed, load_dataset  # noqa: E402
 from sdft_lab.checkpoint import adapter_tensors  # noqa: E402
 
 STEPS, GRAD_ACCUM = 2, 2
@@ -41,7 +41,19 @@ class Recording(SDFT):
         return scored
 
 
-def run(out: Path, tokenizer, batch_size: int, lora_seed: int) -> dict:
+class RecordingSFT(SFT):
+    """SFT that remembers which examples it trained on."""
+
+    def __init__(self):
+        super().__init__()
+        self.batches, self.seeds, self.rollouts = [], [], []
+
+    def loss(self, model, tokenizer, examples, seed=None):
+        self.batches.append([ex.id for ex in examples])
+        return super().loss(model, tokenizer, examples, seed)
+
+
+def run(out: Path, tokenizer, batch_size: int, lora_seed: int, method: str = "sdft") -> dict:
     model = add_student(tiny_llama(tokenizer, seed=0), seed=lora_seed)  # per process: the Trainer must broadcast
     grads: dict[str, torch.Tensor] = {}
     average = distributed.Group.average_gradients_
@@ -55,7 +67,7 @@ def run(out: Path, tokenizer, batch_size: int, lora_seed: int) -> dict:
             grads.update({f"averaged.{i}": p.grad.detach().clone() for i, p in enumerate(params) if p.grad is not None})
 
     distributed.Group.average_gradients_ = recording_average
-    objective = Recording(CFG)
+    objective = Recording(CFG) if method == "sdft" else RecordingSFT()
     trainer = Trainer(model, tokenizer, objective, load_dataset("demo"),
                       TrainConfig(steps=STEPS, batch_size=batch_size, grad_accum=GRAD_ACCUM, lr=1e-2, preflight=False,
                                   report=False))  # the report scores one more rollout on rank 0 only
@@ -78,6 +90,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("out", type=Path)
     parser.add_argument("--batch-size", type=int, required=True)
+    parser.add_argument("--method", choices=["sdft", "sft"], default="sdft")
     args = parser.parse_args()
     tok = AutoTokenizer.from_pretrained(bundled_path())  # the tokenizer only: the model is the tiny llama
-    run(args.out, tok, args.batch_size, lora_seed=100 + int(os.environ.get("RANK", 0)))
+    run(args.out, tok, args.batch_size, lora_seed=100 + int(os.environ.get("RANK", 0)), method=args.method)

@@ -26,16 +26,50 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.skipif(not ACCELERATE.exists() and shutil.which("accelerate") is None, reason="accelerate is not installed")
-def test_two_processes_train_like_one_process_on_the_combined_batch(tokenizer, tmp_path):
+def launch_two(out: Path, *extra: str) -> None:
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     launcher = str(ACCELERATE if ACCELERATE.exists() else shutil.which("accelerate"))
     # accelerate's --cpu flag starts one process unless MPI is set up; --multi_gpu with no visible GPU
     # starts two processes that join a gloo group on the CPU.
     subprocess.run([launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                     "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-                    str(Path(dist_worker.__file__)), str(tmp_path / "dp"), "--batch-size", "2"],
+                    str(Path(dist_worker.__file__)), str(out), "--batch-size", "2", *extra],
                    check=True, env=env, timeout=300)
+
+
+needs_accelerate = pytest.mark.skipif(not ACCELERATE.exists() and shutil.which("accelerate") is None,
+                                      reason="accelerate is not installed")
+
+
+@needs_accelerate
+def test_sft_on_two_processes_equals_one_process_on_the_combined_batch(tokenizer, tmp_path):
+    """No sampling, so the runs are comparable number for number: 2 steps × 2 micro-batches, batch 2 per
+    process against 4 on one. Breaks it fails on (each made once): the gradients summed over the processes
+    instead of averaged, and the lr scaled by the world size."""
+    launch_two(tmp_path / "dp", "--method", "sft")
+    ranks = [json.loads((tmp_path / "dp" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    single = dist_worker.run(tmp_path / "one", tokenizer, batch_size=4, lora_seed=100, method="sft")
+    for (a, b), whole in zip(zip(ranks[0]["batches"], ranks[1]["batches"]), single["batches"], strict=True):
+        assert sorted(a + b) == sorted(whole)
+    assert ranks[0]["losses"] == pytest.approx(single["losses"], rel=1e-5)
+    dp = load_file(tmp_path / "dp" / "rank0.safetensors")
+    one = load_file(tmp_path / "one" / "rank0.safetensors")
+    adapters = sorted(k for k in one if "lora_" in k)
+    assert adapters and any(one[k].abs().sum() > 0 for k in adapters if "lora_B" in k)  # it did train
+    # the first step's gradient, after the average, is the single process's (float rounding apart) …
+    grads = sorted(k for k in one if k.startswith("averaged."))
+    assert grads
+    for k in grads:
+        torch.testing.assert_close(dp[k], one[k], rtol=1e-4, atol=1e-8, msg=k)
+    # … and so are the adapters after 2 steps, to Adam's amplification of that rounding (measured ≤ 8e-5;
+    # one step of lr 1e-2 is 1e-2)
+    for k in adapters:
+        torch.testing.assert_close(dp[k], one[k], rtol=0, atol=5e-4, msg=k)
+
+
+@needs_accelerate
+def test_two_processes_train_like_one_process_on_the_combined_batch(tokenizer, tmp_path):
+    launch_two(tmp_path / "dp")
     ranks = [json.loads((tmp_path / "dp" / f"rank{r}.json").read_text()) for r in (0, 1)]
     single = dist_worker.run(tmp_path / "one", tokenizer, batch_size=4, lora_seed=100)
     assert [r["world"] for r in ranks] == [2, 2] and single["world"] == 1
