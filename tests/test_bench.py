@@ -8,19 +8,35 @@ step_time = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(step_time)
 
 
-def test_targets_are_the_measured_ratios_with_met_or_not():
-    phases = {"sample_s": 2.0, "teacher_s": 0.5, "student_fwd_s": 0.5, "backward_s": 0.8, "optim_s": 0.2}
-    rows = [{"variant": "sdft", "prompts": 4, "median_s": 4.0, "peak_rss_mib": 1100, "phases_s": phases,
-             "sample_to_generate": 2.0 / 3.6, "ratio_to_trl-full": 4.0 / 7.0},
-            {"variant": "trl-full", "prompts": 4, "median_s": 7.0, "peak_rss_mib": 1000, "phases_s": {}},
-            {"variant": "generate", "prompts": 4, "median_s": 3.6, "peak_rss_mib": 900, "phases_s": {}}]
-    floors = {4: step_time.floor_row(rows, 4)}
-    assert floors[4]["floor_s"] == 3.6 + 0.5 + 0.5 + 0.8 + 0.2
-    lines = step_time.check_targets(rows, floors)
-    assert len(lines) == 4
-    assert "generate s / sample s) = 1.80 (target >= 1.5): met" in lines[0]
-    assert "SDFT step / TRL step = 0.57 (target <= 0.7): met" in lines[1]
-    assert "peak RSS = 1.10 (target <= 1.1): met" in lines[2]
-    assert "floor = 0.71 (target <= 1.1): met" in lines[3]
-    rows[0]["median_s"] = 6.5  # slower than 1.1× the floor
-    assert step_time.check_targets(rows, floors)[3].endswith("NOT met")
+def run(variant, rnd, median_s, rss=1000, sample_s=None, **extra):
+    phases = {} if sample_s is None else {"sample_s": sample_s, "teacher_s": 0.5, "student_fwd_s": 0.5,
+                                          "backward_s": 0.8, "optim_s": 0.2}
+    return {"variant": variant, "prompts": 4, "round": rnd, "median_s": median_s, "peak_rss_mib": rss,
+            "phases_s": phases, **extra}
+
+
+def test_ratios_are_taken_within_each_round_and_summarised_with_their_spread():
+    """The machine speeds up from round to round: per-round ratios do not see it, while the ratio of the two
+    medians over all rounds (2.0 / 5.0 = 0.4, not 0.5) would."""
+    runs = [run("sdft", 0, 4.0, 1100, sample_s=2.0), run("trl-full", 0, 8.0), run("generate", 0, 4.4,
+            decode_step_s=0.06, stream_s=0.02, weights_gib=0.5),
+            run("sdft", 1, 2.0, 1100, sample_s=1.0), run("trl-full", 1, 5.0), run("generate", 1, 2.0,
+            decode_step_s=0.03, stream_s=0.02, weights_gib=0.5),
+            run("sdft", 2, 1.0, 1100, sample_s=0.5), run("trl-full", 2, 2.0), run("generate", 2, 1.1,
+            decode_step_s=0.03, stream_s=0.01, weights_gib=0.5)]
+    rows = {r["variant"]: r for r in step_time.combine(runs, ["sdft", "trl-full", "generate"], [4])}
+    sdft = rows["sdft"]
+    assert sdft["median_s"] == 2.0 and sdft["rounds"] == 3
+    assert sdft["ratio_to_trl-full"] == 0.5 and sdft["ratio_to_trl-full_range"] == [0.4, 0.5]  # 0.5, 0.4, 0.5
+    assert sdft["generate_over_sample"] == 2.2 and sdft["generate_over_sample_range"] == [2.0, 2.2]
+    assert sdft["rss_ratio_to_trl"] == 1.1
+    assert rows["generate"]["decode_over_stream"] == 3.0 and rows["generate"]["decode_over_stream_range"] == [1.5, 3.0]
+    floors = {4: step_time.floor_row(list(rows.values()), 4)}
+    assert floors[4]["floor_s"] == 2.0 + 0.5 + 0.5 + 0.8 + 0.2  # generate's median + the other phases
+    lines = step_time.check_targets(list(rows.values()), floors)
+    assert len(lines) == 5
+    assert "(generate s / sample s) = 2.20 (2.00–2.20) (target >= 2.0): met" in lines[0]
+    assert "SDFT step / TRL step = 0.50 (0.40–0.50) (target <= 0.5): met" in lines[1]
+    assert "peak RSS = 1.10 (1.10–1.10) (target <= 1.1): met" in lines[2]
+    assert "floor = 0.50" in lines[3] and lines[3].endswith(": met")
+    assert "weight-streaming floor = 3.00 (1.50–3.00) (target <= 3.0): met" in lines[4]

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from sdft_lab.experiments.frontier import RULE, points, sft_frontier, verdicts
+from sdft_lab.experiments.frontier import RULE, points, sft_frontier, verdicts, workshop_pair
 
 
 def trials(family, method, lr, drift, gains, retention=0.65):
@@ -50,3 +50,11 @@ def test_a_point_that_forgets_on_the_probes_is_not_counted_ahead():
     r = results(trials("SDFT guided", "sdft", 1e-3, math.sqrt(1e-3), [1.98, 2.0, 2.02], retention=0.5))
     assert verdicts(r)["per_point"][0]["answer"]["verdict"] == "AHEAD" and not verdicts(r)["ahead"]["answer"]
     assert "before any run" not in RULE and "AHEAD" in RULE and "twice the standard error" in RULE
+
+
+def test_the_workshop_pair_is_the_best_guided_point_and_the_sft_rate_at_its_drift():
+    r = results(trials("SDFT guided", "sdft", 3e-4, 0.012, [1.0, 1.0, 1.0]),
+                trials("SDFT guided", "sdft", 1e-3, 0.08, [1.8, 1.8, 1.8]),
+                trials("SDFT guided", "sdft", 3e-3, 0.3, [2.5, 2.5, 2.5], retention=0.55))  # forgets: not eligible
+    sdft, sft = workshop_pair(r)
+    assert (sdft["lr"], sft["lr"]) == (1e-3, 1e-3)  # drift 0.08 is nearer 0.1 than 0.01 on a log scale

@@ -162,6 +162,25 @@ def verdicts(results: dict) -> dict:
     return out
 
 
+PAIR_RULE = ("The workshop pair (recipes.workshop_knowledge): the guided-SDFT configuration with the most mean "
+             "answer gain among those with three seeds and retention within one standard error of the base's, and "
+             "the SFT learning rate whose mean drift is nearest to it on a log scale: the two methods at the same "
+             "forgetting, so that what differs is what they learn.")
+
+
+def workshop_pair(results: dict) -> tuple[dict, dict]:
+    """PAIR_RULE applied: (guided-SDFT point, SFT point)."""
+    pts = results["points"]
+    se = math.sqrt(results["base_retention"] * (1 - results["base_retention"]) / results["n_probes"])
+    ok = [p for p in pts if p["family"] == "SDFT guided" and len(p["seeds"]) >= len(SEEDS)
+          and p["retention"]["mean"] >= results["base_retention"] - se]
+    sdft = max(ok, key=lambda p: p["answer"]["mean"])
+    drift = math.log(sdft[f"drift_{FORGETTING}"]["mean"])
+    sft = min((p for p in pts if p["family"] == "SFT"),
+              key=lambda p: abs(math.log(p[f"drift_{FORGETTING}"]["mean"]) - drift))
+    return sdft, sft
+
+
 def table(results: dict) -> str:
     """Markdown: every configuration, mean ± sd over seeds, and the verdict of each SDFT point."""
     v = {r["name"]: r for r in results.get("verdicts", {}).get("per_point", [])}

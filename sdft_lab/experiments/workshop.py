@@ -1,6 +1,6 @@
-"""Notebook 03's run: SFT and SDFT inject the same invented facts with the workshop recipe
-(recipes.workshop_knowledge), each watched by the learning meter as it trains, with retention and greedy
-answers before and after. 9 to 10 minutes on 2 CPU cores with the bundled model, 4.5 of them SDFT's 24 steps.
+"""Notebook 03's run: SFT and SDFT inject the same invented facts with the workshop pair
+(recipes.workshop_knowledge: each method at a learning rate where both forget about as much), each watched by
+the learning meter as it trains, with retention, drift and greedy answers before and after.
 
     python -m sdft_lab.experiments workshop --out runs/workshop
 """
@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..eval import load_knowledge, load_probes, mc_accuracy
 from ..eval.knowledge import QA_TOKENS
+from ..eval.drift import ANSWER_TOKENS, drift, reference
 from ..eval.meter import MeterCallback, meter
 from ..models import load
 from ..prompts import encode, render_chat
@@ -60,6 +61,8 @@ def workshop(out: Path, cfg: WorkshopConfig | None = None, live=None, reuse: boo
     probes = load_probes()[:: 12 if cfg.smoke else cfg.probe_stride]
     tokens = 8 if cfg.smoke else QA_TOKENS
     base, tok = loaded or load(cfg.model)
+    # the forgetting meter on the same probes' questions: the base's own answers, under the template's prompt
+    general = reference(base, tok, [p.question for p in probes], max_new_tokens=8 if cfg.smoke else ANSWER_TOKENS)
     start = time.perf_counter()
     results = {"config": asdict(cfg), "date": time.strftime("%Y-%m-%d"),
                "machine": machine(next(base.parameters()).device),
@@ -86,7 +89,7 @@ def workshop(out: Path, cfg: WorkshopConfig | None = None, live=None, reuse: boo
             if callback.curve[-1]["step"] != len(history):  # the last step, where `every` does not divide them
                 callback.measure(len(history))
             results[method].update(meter_curve=callback.curve, train_s=time.perf_counter() - t0,
-                                   retention=mc_accuracy(model, tok, probes),
+                                   retention=mc_accuracy(model, tok, probes), drift=drift(model, general),
                                    answers=answers(model, tok, shown, [system], tokens)[0], loss=[r["loss"] for r in history])
     results["total_s"] = time.perf_counter() - start
     out.mkdir(parents=True, exist_ok=True)
@@ -105,10 +108,11 @@ def reading(results: dict) -> str:
         ceiling = {t: f"; teacher ceiling {r['ceiling_meter'][t]['all']:.2f}" if "ceiling_meter" in r else ""
                    for t in ("passage", "answer")}
         ret = r["retention"]["overall"] - kept
+        moved = f", drift {r['drift']:.3f} nats per token" if "drift" in r else ""
         lines.append(
             f"{m.upper()} ({last['step']} steps, {r['train_s'] / 60:.1f} min of training): passage "
             f"{base['passage']['all']:.2f} → {last['passage']['all']:.2f} ({last['passage']['all'] - base['passage']['all']:+.2f}"
             f" nats per token{ceiling['passage']}), answer {base['answer']['all']:.2f} → {last['answer']['all']:.2f} "
             f"({last['answer']['all'] - base['answer']['all']:+.2f}{ceiling['answer']}); retention {ret:+.2f}, "
-            f"{'within' if abs(ret) <= se else 'outside'} one SE.")
+            f"{'within' if abs(ret) <= se else 'outside'} one SE{moved}.")
     return "\n".join(lines)
