@@ -1,14 +1,16 @@
 """Named, tested settings for a job, as the configs a notebook cell, the CLI and the experiments all take.
 
-    sdft, sft = workshop_knowledge()          # RunConfigs: SDFT and its fair SFT baseline
+    sdft, sft = workshop_knowledge()          # RunConfigs: SDFT and SFT at the same forgetting
     sdft-lab train --recipe workshop-knowledge --method sdft
 
 `SDFTConfig()`'s defaults are the paper's (a 7B model: long "including the thinking process" rollouts, the
 first 3 tokens skipped). They are right for a model that learns well in context. On the bundled 135M model
 they spend its short rollouts on preamble where the teacher has nothing to teach; the workshop recipe asks
-for short answers, lays the demonstration out first and skips no token. SFT keeps the chat template's
-system prompt and a lower learning rate, which served it best in the same search. docs/recipes.md gives the search that chose it
-(every configuration tried, with seeds), and when to use which.
+for short answers, lays the demonstration out first, skips no token, and guides half of the rollouts with
+the demonstration under the evidence mask (sdft.py). Which learning rates: the frontier (docs/recipes.md,
+experiments/frontier.py) swept both methods over their learning rates with three seeds, and the pair is the
+guided-SDFT point that learned most while keeping retention, with SFT at the learning rate where it forgets
+as much (frontier.PAIR_RULE; tests/test_recipes.py checks these values against docs/frontier.json).
 """
 
 from __future__ import annotations
@@ -16,24 +18,35 @@ from __future__ import annotations
 from dataclasses import replace
 
 from .config import RunConfig
+from .presets import PRESETS
 from .prompts import TEMPLATES, PromptConfig
 from .sdft import SDFTConfig
 from .sft import SFTConfig
 from .trainer import TrainConfig
 
 SHORT_ANSWER = "Answer in one short sentence."
+SDFT_LR, SFT_LR = 1e-3, 3e-4  # the frontier pair on the bundled model (docs/frontier.json)
 
 
-def workshop_knowledge(steps: int = 24) -> tuple[RunConfig, RunConfig]:
-    """(SDFT, SFT) for injecting invented facts into the bundled model on 2 CPU cores in minutes: both train
-    on the same questions (4 per step) for the same steps, each with the settings that served it best in the
-    search (docs/recipes.md)."""
+def workshop_knowledge(steps: int = 24, model: str = "bundled") -> tuple[RunConfig, RunConfig]:
+    """(SDFT, SFT) for injecting invented facts: both train on the same questions (4 per step) for the same
+    steps, with the same short-answer system prompt, at learning rates where they forget about as much.
+
+    model: with a preset (a GPU), the paper's SDFT defaults at the preset's learning rate, batch and rollout
+    length for both methods: no frontier has been measured for it, and the bundled model's learning rates
+    are 20–60 times a 7B model's."""
+    preset = PRESETS.get(model)
+    if preset is not None:
+        train = TrainConfig(steps=steps, batch_size=preset.batch_size, lr=preset.lr, preflight=False)
+        return (RunConfig(model=model, method="sdft", data="knowledge", train=train,
+                          sdft=SDFTConfig(max_new_tokens=preset.max_new_tokens)),
+                RunConfig(model=model, method="sft", data="knowledge", train=train))
     prompts = PromptConfig(teacher_template=TEMPLATES["context-first"], system=SHORT_ANSWER)
-    train = TrainConfig(steps=steps, batch_size=4, lr=3e-3, preflight=False)
+    train = TrainConfig(steps=steps, batch_size=4, lr=SDFT_LR, preflight=False)
     sdft = RunConfig(method="sdft", data="knowledge", train=train,
-                     sdft=SDFTConfig(max_new_tokens=32, skip_first=0, prompts=prompts))
-    sft = RunConfig(method="sft", data="knowledge", train=replace(train, lr=1e-3),
-                    sft=SFTConfig(prompts=PromptConfig(system=None)))  # the chat template's own system prompt
+                     sdft=SDFTConfig(max_new_tokens=32, skip_first=0, guided=0.5, evidence_mask=True, prompts=prompts))
+    sft = RunConfig(method="sft", data="knowledge", train=replace(train, lr=SFT_LR),
+                    sft=SFTConfig(prompts=PromptConfig(system=SHORT_ANSWER)))
     return sdft, sft
 
 

@@ -116,8 +116,14 @@ def test_nf4_on_cpu_step_save_reload(demo, tmp_path):
     model = add_student(model)
     trainer = Trainer(model, tok, SDFT(SDFTConfig(max_new_tokens=8, skip_first=0)), demo[:2],
                       TrainConfig(steps=1, batch_size=2, lr=1e-3))
+    base_logits = logits_of(model, tok)  # B = 0: the student is the base
     record = trainer.step()
     assert torch.isfinite(torch.tensor(record["loss"])) and record["grad_norm"] > 0
+    # after a step B is not zero: the student's logits move, the teacher view is still the base
+    assert any(p.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)
+    assert (logits_of(model, tok) - base_logits).abs().max() > 1e-4
+    with teacher_view(model):
+        torch.testing.assert_close(logits_of(model, tok), base_logits, rtol=0, atol=1e-5)
     path = trainer.save_adapter(tmp_path / "nf4-adapter")
     base, _ = load("bundled", quantization="nf4", device="cpu")
     reloaded = PeftModel.from_pretrained(base, path)

@@ -111,7 +111,8 @@ def test_live_diff_rescores_the_same_rollouts_each_step(tiny, demo):
     Trainer(model, tok, SDFT(cfg), demo[:2], TrainConfig(steps=2, batch_size=2, lr=3e-2, preflight=False),
             callbacks=(live,)).train()
     assert live.steps == [0, 1, 2] and len(live.mean_divergence) == 3
-    assert torch.equal(live.completions.ids, ids) and live.mean_divergence[-1] != live.mean_divergence[0]
+    # the same rollouts every step, and the student moved toward the teacher on them
+    assert torch.equal(live.completions.ids, ids) and live.mean_divergence[-1] < live.mean_divergence[0]
     assert all('class="sdft-diff"' in view.value for view in live.views)
     stepper = diff_stepper(model, tok, demo[:2], cfg)
     assert 'class="sdft-diff"' in stepper.children[2].value

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from sdft_lab.experiments.frontier import RULE, points, sft_frontier, verdicts, workshop_pair
+from sdft_lab.experiments.frontier import RULE, points, reading, sft_frontier, verdicts, workshop_pair
 
 
 def trials(family, method, lr, drift, gains, retention=0.65):
@@ -44,6 +44,7 @@ def test_the_rule_gives_the_verdicts_worked_out_by_hand(drift, gains, verdict):
     row, = verdicts(r)["per_point"]
     assert row["answer"]["verdict"] == verdict
     assert verdicts(r)["ahead"]["answer"] == (verdict == "AHEAD")
+    assert f"answer gain {row['answer']['margin']:+.2f} nats against SFT at the same drift ({verdict}" in reading(r)
 
 
 def test_a_point_that_forgets_on_the_probes_is_not_counted_ahead():

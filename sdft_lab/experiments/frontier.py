@@ -181,6 +181,23 @@ def workshop_pair(results: dict) -> tuple[dict, dict]:
     return sdft, sft
 
 
+def reading(results: dict) -> str:
+    """The verdicts in sentences, one per SDFT point with seeds, and the overall answer of the rule."""
+    v = results.get("verdicts") or verdicts(results)
+    if not v:
+        return "Not enough runs yet: SFT needs at least two learning rates with seeds."
+    lines = []
+    for row in v["per_point"]:
+        parts = [f"{g} gain {row[g]['margin']:+.2f} nats against SFT at the same drift ({row[g]['verdict']}, "
+                 f"noise band ±{row[g]['band']:.2f})" for g in LEARNING]
+        lines.append(f"{row['family']} at lr {row['lr']:g} ({row['seeds']} seeds): " + "; ".join(parts) +
+                     ("" if row["retention_ok"] else "; retention outside one SE of the base") + ".")
+    for g in LEARNING:
+        lines.append(f"By the rule, SDFT is {'AHEAD of' if v['ahead'][g] else 'not ahead of'} SFT on the {g} gain "
+                     f"on this model.")
+    return "\n".join(lines)
+
+
 def table(results: dict) -> str:
     """Markdown: every configuration, mean ± sd over seeds, and the verdict of each SDFT point."""
     v = {r["name"]: r for r in results.get("verdicts", {}).get("per_point", [])}

@@ -50,7 +50,7 @@ def workshop(out: Path, cfg: WorkshopConfig | None = None, live=None, reuse: boo
     path = out / "results.json"
     if reuse and path.exists() and (saved := json.loads(path.read_text())).get("config") == asdict(cfg):
         return saved
-    sdft_run, sft_run = workshop_knowledge(**({"steps": cfg.steps} if cfg.steps else {}))
+    sdft_run, sft_run = workshop_knowledge(**({"steps": cfg.steps} if cfg.steps else {}), model=cfg.model)
     if cfg.smoke:
         sdft_run = replace(sdft_run, train=replace(sdft_run.train, steps=1),
                            sdft=replace(sdft_run.sdft, max_new_tokens=4))
