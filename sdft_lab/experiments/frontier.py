@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from ..eval import load_probes, mc_accuracy
 from ..models import load
 from ..report import machine
-from .search import DOCS, name_of, settings_of, trial
+from .search import DOCS, fmt, name_of, settings_of, trial
 
 SEEDS = (0, 1, 2)
 # family: (method, changes to search.START, learning rates, seeds); each family is swept over its rates.
@@ -201,10 +201,7 @@ def reading(results: dict) -> str:
 def table(results: dict) -> str:
     """Markdown: every configuration, mean ± sd over seeds, and the verdict of each SDFT point."""
     v = {r["name"]: r for r in results.get("verdicts", {}).get("per_point", [])}
-
-    def f(stat: dict, digits: int = 2) -> str:
-        return f"{stat['mean']:.{digits}f}" + (f" ± {stat['sd']:.{digits}f}" if stat["sd"] is not None else "")
-
+    f = fmt
     lines = ["| family | lr | seeds | answer gain | passage gain | drift, general | drift, held-out | retention "
              "| train min | verdict (answer / passage) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for p in sorted(results["points"], key=lambda p: (p["family"], p["lr"])):
