@@ -20,6 +20,7 @@ from .config import RunConfig
 from .data import load_dataset
 from .inspect.preflight import greedy_answers, quick_check
 from .models import add_student, load
+from .report import load as load_run
 from .report import render
 from .sdft import SDFTConfig, evaluate_kl
 from .trainer import TrainConfig, Trainer
@@ -48,7 +49,6 @@ def main(argv: list[str] | None = None) -> dict:
 
     before = evaluate_kl(model, tok, held_out, cfg, seed=HELD_OUT_SEED)
     featured_before = evaluate_kl(model, tok, [featured], cfg, seed=HELD_OUT_SEED, rollouts=4)
-    answer_before, = greedy_answers(model, tok, [featured], cfg, cfg.max_new_tokens)
     teacher_answer, = greedy_answers(model, tok, [featured], cfg, cfg.max_new_tokens, teacher=True)
 
     trainer = Trainer(model, tok, run.objective(), train, replace(run.train, run_dir=str(args.out)),
@@ -57,7 +57,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     after = evaluate_kl(model, tok, held_out, cfg, seed=HELD_OUT_SEED)
     featured_after = evaluate_kl(model, tok, [featured], cfg, seed=HELD_OUT_SEED, rollouts=4)
-    answer_after, = greedy_answers(model, tok, [featured], cfg, cfg.max_new_tokens)
+    # the student's answers before and after are the run report's (held_out[0] is its first prompt)
+    answers = load_run(args.out)[0]["answers"]
+    answer_before, answer_after = answers["before"][0], answers["after"][0]
 
     result = {
         "held_out_kl_before": before["kl"], "held_out_kl_after": after["kl"],
