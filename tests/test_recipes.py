@@ -35,7 +35,7 @@ def test_the_recipe_is_the_frontier_pair():
     results = json.loads((DOCS / "frontier.json").read_text())
     sdft, sft = workshop_knowledge()
     best, match = workshop_pair(results)
-    s = settings_of("sdft", {**FAMILIES["SDFT guided"][1], "lr": best["lr"]})
+    s = settings_of("sdft", {**FAMILIES[best["family"]][1], "lr": best["lr"]})
     assert (sdft.sdft.prompts.system, sdft.sdft.prompts.teacher_template) == (SYSTEMS[s["system"]], TEMPLATES[s["template"]])
     assert (sdft.sdft.skip_first, sdft.sdft.max_new_tokens, sdft.sdft.rollouts_per_prompt) == (s["skip_first"], s["tokens"], s["k"])
     assert (sdft.sdft.guided, sdft.sdft.evidence_mask) == (s["guided"], s["mask"])
