@@ -93,8 +93,10 @@ def load(path: str | Path, model, optimizer, scheduler) -> tuple[int, list[dict]
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(tensors["rng.torch"])
     device = model_device(model)
-    if "rng.cuda" in tensors and device.type == "cuda":
-        torch.cuda.set_rng_state(tensors["rng.cuda"], device)
+    # rng.cuda.N: checkpoints written before only the model's device was kept, one state per visible GPU
+    cuda = tensors.get("rng.cuda", tensors.get(f"rng.cuda.{device.index or 0}"))
+    if cuda is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(cuda, device)
     version, ints, gauss = state["python_rng"]
     random.setstate((version, tuple(ints), gauss))
     return state["step"], state["history"]

@@ -20,7 +20,7 @@ def step_axis(steps: list[int]) -> dict:
 
 def training_curves(history: list[dict], keys: tuple[str, ...] = ("loss", "kl", "entropy", "rollout_len")) -> go.Figure:
     """One small panel per metric, against the optimizer step. With forward KL the loss *is* the KL: one panel."""
-    keys = [k for k in keys if history and k in history[0]]
+    keys = [k for k in keys if history and all(k in r for r in history)]  # a resumed run may lack some early
     same = "loss" in keys and "kl" in keys and all(r["loss"] == r["kl"] for r in history)
     if same:
         keys.remove("kl")

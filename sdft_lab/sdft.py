@@ -27,6 +27,7 @@ There is no reward model: the teacher's in-context behaviour is the target.
 from __future__ import annotations
 
 import math
+import random
 import warnings
 from dataclasses import dataclass, field, replace
 
@@ -45,7 +46,7 @@ class SDFTConfig:
     max_new_tokens: int = 256
     temperature: float = 1.0  # the paper samples at 1.0 with top-p 1: on-policy
     top_p: float = 1.0
-    engine: str = "auto"  # rollout sampler: "lean" (sampler.py), "hf" (model.generate), "auto" = lean where supported
+    engine: str = "auto"  # rollout sampler: "lean" (sampler.py), "hf" (model.generate), "auto" (rollout.sample)
     skip_first: int = 3  # the paper's code leaves the first 3 completion tokens out of the loss
     rollouts_per_prompt: int = 1  # k rollouts of each question per step, all in one batch; the paper's is 1
     guided: float = 0.0  # share of rows the student samples with the demonstration in its prompt (EDGE-OPD)
@@ -113,7 +114,7 @@ class SDFT:
         diffs do); demonstration=False gives the teacher the bare question (how much is the context?)."""
         cfg = self.cfg
         device = next(model.parameters()).device
-        guided = guided_rows(len(examples), cfg.guided if completions is None else 0.0)
+        guided = guided_rows(len(examples), cfg.guided if completions is None else 0.0, seed)
         s_prompts = [student_ids(tokenizer, ex, cfg.prompts) for ex in examples]
         d_prompts = [teacher_ids(tokenizer, ex, cfg.prompts) for ex in examples] if demonstration or any(guided) else []
         t_prompts = d_prompts if demonstration else s_prompts
@@ -158,9 +159,14 @@ class SDFT:
             ema_update(model, self.cfg.ema_rate)
 
 
-def guided_rows(n: int, share: float) -> list[bool]:
-    """Which of n rows are guided: `share` of them, spread evenly (0.5 → every second row, 1 → all)."""
-    return [math.floor((i + 1) * share) > math.floor(i * share) for i in range(n)]
+def guided_rows(n: int, share: float, seed: int | None = None) -> list[bool]:
+    """Which of n rows are guided: floor(n·share) of them, spread evenly (0.5 → every second row, 1 → all),
+    and, where n·share is not whole, one more with probability its fraction (drawn from the step's seed), so
+    that small or odd micro-batches keep the share on average."""
+    rows = [math.floor((i + 1) * share) > math.floor(i * share) for i in range(n)]
+    if seed is not None and not all(rows) and random.Random(seed).random() < n * share - sum(rows):
+        rows[rows.index(False)] = True
+    return rows
 
 
 def distinct2(completions: Completions) -> float:
@@ -172,14 +178,18 @@ def distinct2(completions: Completions) -> float:
 
 
 def metrics(scored: Scored) -> dict:
-    s, m = scored.stats, scored.eligible
+    s, m, y = scored.stats, scored.eligible, scored.completions
     kept = scored.mask.sum() / m.sum().clamp(min=1)
+    # the collapse watch's signs are the student's own rollouts: the unguided rows, where there are any
+    own = torch.tensor([not g for g in scored.guided]) if not all(scored.guided) else torch.ones(len(scored.guided),
+                                                                                                    dtype=torch.bool)
+    mine = Completions(y.ids[own], y.mask[own], [])
     return {
         "kl": masked_mean(s["kl"], m).item(),  # forward KL(teacher ‖ student), whatever the loss
         "logp_gap": masked_mean(s["teacher_logp"] - s["student_logp"], m).item(),
-        "entropy": masked_mean(s["entropy"], m).item(),
-        "rollout_len": scored.completions.lengths.float().mean().item(),
-        "distinct2": distinct2(scored.completions),
+        "entropy": masked_mean(s["entropy"][own.to(m.device)], m[own.to(m.device)]).item(),
+        "rollout_len": mine.lengths.float().mean().item(),
+        "distinct2": distinct2(mine),
         "guided_rows": sum(scored.guided),
         "kept": kept.item(),  # share of the eligible tokens the loss keeps (1 without the evidence mask)
         "sample": scored.completions.texts[0],

@@ -59,3 +59,15 @@ def test_the_workshop_pair_is_the_best_guided_point_and_the_sft_rate_at_its_drif
                 trials("SDFT guided", "sdft", 3e-3, 0.3, [2.5, 2.5, 2.5], retention=0.55))  # forgets: not eligible
     sdft, sft = workshop_pair(r)
     assert (sdft["lr"], sft["lr"]) == (1e-3, 1e-3)  # drift 0.08 is nearer 0.1 than 0.01 on a log scale
+
+
+def test_the_bracket_is_found_among_three_sft_rates_and_more_drift_that_learns_more_is_no_verdict():
+    """Break it fails on (made once): always interpolating between SFT's first two points."""
+    three = SFT + trials("SFT", "sft", 3e-3, 1.0, [3.99, 4.0, 4.01])  # not on the line of the first two
+    pts = points({"trials": three})
+    gain, _, where = sft_frontier(pts, math.sqrt(0.1 * 1.0), "answer")  # halfway between 0.1 and 1.0
+    assert (gain, where) == (pytest.approx(3.0), "inside")
+    r = {"trials": SFT + trials("SDFT guided", "sdft", 1e-2, 0.2, [2.48, 2.5, 2.52]), "base_retention": 0.65,
+         "n_probes": 120}
+    r["points"] = points(r)
+    assert verdicts(r)["per_point"][0]["answer"]["verdict"] == "OUTSIDE"  # past SFT's range, learning more

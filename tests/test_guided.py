@@ -27,10 +27,15 @@ def perturbed(tiny):
     return model, tok
 
 
-def test_guided_rows_spread_the_share():
-    assert guided_rows(4, 0.0) == [False] * 4 and guided_rows(4, 1.0) == [True] * 4
-    assert guided_rows(4, 0.5) == [False, True, False, True]
+def test_guided_rows_spread_the_share_and_keep_it_in_small_batches():
+    """Break it fails on (made once): rounding down per micro-batch only (batch 1 at share 0.5: never guided)."""
+    assert guided_rows(4, 0.0, seed=1) == [False] * 4 and guided_rows(4, 1.0, seed=1) == [True] * 4
+    assert guided_rows(4, 0.5, seed=1) == [False, True, False, True]
     assert sum(guided_rows(10, 0.3)) == 3
+    for n, share in ((1, 0.5), (3, 0.5), (2, 0.25)):
+        drawn = [sum(guided_rows(n, share, seed)) for seed in range(2000)]
+        assert sum(drawn) / len(drawn) == pytest.approx(n * share, abs=0.05)
+        assert guided_rows(n, share, 7) == guided_rows(n, share, 7)  # the step's seed decides
     with pytest.raises(ValueError, match="guided"):
         SDFTConfig(guided=1.5)
 

@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = ExperimentConfig(run, retention_every=args.retention_every, eval_limit=args.eval_limit)
     out = args.out or Path("runs") / args.experiment
     if args.experiment == "frontier":  # its own settings (frontier.FAMILIES); python -m sdft_lab.experiments.frontier
+        if args.config or given or args.model or args.max_new_tokens is not None:
+            parser.error("frontier has its own settings (experiments/frontier.py); it takes --out only. "
+                         "For its other options: python -m sdft_lab.experiments.frontier --help")
         return frontier.main(["--out", str(out)])
     if args.experiment == "workshop":  # the recipe's own settings; --model and --steps apply
         results = workshop(out, WorkshopConfig(model=args.model or "bundled", steps=args.steps), reuse=False)

@@ -17,6 +17,7 @@ other "nf4"); the student is the 4-bit one's adapter (a fresh one: the student i
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +34,8 @@ SMALL, LARGE = 0.10, 0.50  # noise / signal
 
 @torch.no_grad()
 def per_token_kl(p_model, q_model, prompts: list[list[int]], y, mask: torch.Tensor) -> torch.Tensor:
-    """[B, T] KL(p ‖ q) per completion token (0 outside mask), each model through its own output head."""
+    """[B, T] KL(p ‖ q) per completion token (0 outside mask), each model through its own output head. Full
+    [B, T, vocab] logits: keep batches small for large vocabularies (a diagnostic, not a training path)."""
     logp = [F.log_softmax(lm_head(m)(completion_hidden(m, prompts, y)).float(), -1) for m in (p_model, q_model)]
     return (logp[0].exp() * (logp[0] - logp[1])).sum(-1) * mask
 
@@ -43,7 +45,8 @@ def teacher_noise(full, quantized, tokenizer, examples: list[Example], cfg: SDFT
                   seed: int = 0) -> dict:
     """noise, signal (mean over rollouts of each rollout's per-token mean), their ratio and a verdict.
     full: the base in full precision; quantized: the same base in 4 bits, with or without its student adapter."""
-    cfg = cfg or SDFTConfig()
+    # the student's own rollouts and the base as the teacher: the noise is the rounding, nothing else
+    cfg = replace(cfg or SDFTConfig(), guided=0.0, teacher="base")
     scored = SDFT(cfg).score(quantized, tokenizer, examples, seed=seed)  # rollouts, and the signal on them
     y, mask = scored.completions, scored.eligible
     prompts = [teacher_ids(tokenizer, ex, cfg.prompts) for ex in examples]
