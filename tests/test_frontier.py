@@ -71,3 +71,21 @@ def test_the_bracket_is_found_among_three_sft_rates_and_more_drift_that_learns_m
          "n_probes": 120}
     r["points"] = points(r)
     assert verdicts(r)["per_point"][0]["answer"]["verdict"] == "OUTSIDE"  # past SFT's range, learning more
+
+
+def test_the_docs_hold_the_sweep_as_measured():
+    """docs/frontier.json's points and verdicts follow from its own trials, and docs/recipes.md shows its table,
+    its rule and its verdicts: no figure edited by hand."""
+    import json
+    from pathlib import Path
+
+    from sdft_lab.experiments.frontier import table
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    sweep = json.loads((docs / "frontier.json").read_text())
+    assert sweep["points"] == points(sweep) and sweep["verdicts"] == verdicts(sweep)
+    assert sweep["verdicts_wall_clock"] == verdicts(sweep, "SFT, 60 steps")
+    assert all(len(p["seeds"]) == 3 for p in sweep["points"] if p["family"] != "SDFT")
+    text = (docs / "recipes.md").read_text()
+    assert table(sweep) in text, "docs/recipes.md's frontier table differs from docs/frontier.json: regenerate it"
+    assert RULE in " ".join(text.split()) and all(line in text for line in reading(sweep).splitlines())
