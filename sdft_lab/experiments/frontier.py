@@ -1,7 +1,8 @@
 """The learning–forgetting frontier: SFT and SDFT, each swept over its learning rate, with seeds.
 
     python -m sdft_lab.experiments frontier --out runs/frontier            # ≈ 1.5 h on 2 CPU cores
-    python -m sdft_lab.experiments frontier --out runs/frontier --docs     # and write docs/frontier.json
+    python -m sdft_lab.experiments.frontier --families SFT --out runs/b    # a part of it, in another process
+    python -m sdft_lab.experiments.frontier --out runs/frontier --merge runs/b --docs   # joined; docs/frontier.json
 
 A method tuned against one left untuned is not a comparison, and one learning rate per method says nothing
 about which learns more for the same forgetting. So every configuration below runs at several learning rates
@@ -102,6 +103,23 @@ def frontier(out: Path, seeds: tuple[int, ...] = SEEDS, families: list[str] | No
         results["verdicts"] = verdicts(results)
         results["verdicts_wall_clock"] = verdicts(results, "SFT, 60 steps")
         path.write_text(json.dumps(results, indent=1))
+    return results
+
+
+def merge(out: Path, others: list[Path]) -> dict:
+    """The trials of sweeps run side by side (each with its own --families and --out) into out/frontier.json,
+    each (configuration, seed) once, with points and verdicts recomputed."""
+    path = out / "frontier.json"
+    results = json.loads(path.read_text())
+    trials = {(t["name"], t["seed"]): t for t in results["trials"]}
+    for other in others:
+        for t in json.loads((other / "frontier.json").read_text())["trials"]:
+            trials.setdefault((t["name"], t["seed"]), t)
+    results["trials"] = list(trials.values())
+    results["points"] = points(results)
+    results["verdicts"] = verdicts(results)
+    results["verdicts_wall_clock"] = verdicts(results, "SFT, 60 steps")
+    path.write_text(json.dumps(results, indent=1))
     return results
 
 
@@ -239,9 +257,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=Path("runs") / "frontier")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     parser.add_argument("--families", nargs="+", choices=list(FAMILIES), default=None)
+    parser.add_argument("--merge", type=Path, nargs="+", metavar="DIR",
+                        help="add the trials of sweeps run side by side (their --out) to --out, and run nothing")
     parser.add_argument("--docs", action="store_true", help="copy the results to docs/frontier.json")
     args = parser.parse_args(argv)
-    results = frontier(args.out, tuple(args.seeds), args.families)
+    results = merge(args.out, args.merge) if args.merge else frontier(args.out, tuple(args.seeds), args.families)
     print(table(results))
     print(reading(results))
     if args.docs:
