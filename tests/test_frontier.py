@@ -89,3 +89,18 @@ def test_the_docs_hold_the_sweep_as_measured():
     text = (docs / "recipes.md").read_text()
     assert table(sweep) in text, "docs/recipes.md's frontier table differs from docs/frontier.json: regenerate it"
     assert RULE in " ".join(text.split()) and all(line in text for line in reading(sweep).splitlines())
+
+
+def test_merge_joins_sweeps_run_side_by_side_once_each(tmp_path):
+    import json
+
+    from sdft_lab.experiments.frontier import merge
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder, ts in ((a, SFT), (b, SFT[:3] + trials("SDFT guided", "sdft", 1e-3, 0.03, [1.6, 1.6, 1.6]))):
+        folder.mkdir()
+        (folder / "frontier.json").write_text(json.dumps({"trials": ts, "base_retention": 0.65, "n_probes": 120}))
+    merged = merge(a, [b])
+    assert len(merged["trials"]) == 9  # SFT's first three trials counted once
+    assert json.loads((a / "frontier.json").read_text())["points"] == points(merged)
+    assert merged["verdicts"]["per_point"][0]["answer"]["verdict"] == "AHEAD"
