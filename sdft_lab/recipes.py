@@ -6,8 +6,8 @@
 `SDFTConfig()`'s defaults are the paper's (a 7B model: long "including the thinking process" rollouts, the
 first 3 tokens skipped). They are right for a model that learns well in context. On the bundled 135M model
 they spend its short rollouts on preamble where the teacher has nothing to teach; the workshop recipe asks
-for short answers, lays the demonstration out first, skips no token, and guides half of the rollouts with
-the demonstration under the evidence mask (sdft.py). Which learning rates: the frontier (docs/recipes.md,
+for short answers, lays the demonstration out first, skips no token, and guides every rollout with the
+demonstration under the evidence mask (sdft.py). Which learning rates: the frontier (docs/recipes.md,
 experiments/frontier.py) swept both methods over their learning rates with three seeds, and the pair is the
 guided-SDFT point that learned most while keeping retention, with SFT at the learning rate where it forgets
 as much (frontier.PAIR_RULE; tests/test_recipes.py checks these values against docs/frontier.json).
@@ -25,7 +25,7 @@ from .sft import SFTConfig
 from .trainer import TrainConfig
 
 SHORT_ANSWER = "Answer in one short sentence."
-SDFT_LR, SFT_LR = 1e-3, 3e-4  # the frontier pair on the bundled model (docs/frontier.json)
+SDFT_LR, SFT_LR = 3e-3, 3e-4  # the frontier pair on the bundled model (docs/frontier.json)
 
 
 def workshop_knowledge(steps: int = 24, model: str = "bundled") -> tuple[RunConfig, RunConfig]:
@@ -44,7 +44,7 @@ def workshop_knowledge(steps: int = 24, model: str = "bundled") -> tuple[RunConf
     prompts = PromptConfig(teacher_template=TEMPLATES["context-first"], system=SHORT_ANSWER)
     train = TrainConfig(steps=steps, batch_size=4, lr=SDFT_LR, preflight=False)
     sdft = RunConfig(method="sdft", data="knowledge", train=train,
-                     sdft=SDFTConfig(max_new_tokens=32, skip_first=0, guided=0.5, evidence_mask=True, prompts=prompts))
+                     sdft=SDFTConfig(max_new_tokens=32, skip_first=0, guided=1.0, evidence_mask=True, prompts=prompts))
     sft = RunConfig(method="sft", data="knowledge", train=replace(train, lr=SFT_LR),
                     sft=SFTConfig(prompts=PromptConfig(system=SHORT_ANSWER)))
     return sdft, sft
