@@ -22,8 +22,8 @@ def test_without_a_gpu_it_says_so_and_exits_non_zero():
 
 def test_the_same_code_runs_on_a_tiny_shape_on_the_cpu_and_checks_what_it_measures(tmp_path):
     """load(folder, "nf4") of a random checkpoint: peft's 4-bit LoRA layers, checkpointing on, the rollout
-    length asked for. Breaks it fails on (each made once): a model built outside load() (peft's plain
-    lora.Linear around the 4-bit layers: the old build_nf4), and add_student leaving checkpointing off."""
+    length asked for. Break it fails on (made once): add_student leaving checkpointing off. The layer class it
+    asserts is the one the old build_nf4 (is_loaded_in_4bit unset) did not give: peft's plain lora.Linear."""
     subprocess.run([sys.executable, SCRIPT, "--allow-cpu", "--shapes", "tiny", "--prompts", "2", "--new-tokens", "8",
                     "--steps", "1", "--out", tmp_path], check=True, capture_output=True, text=True)
     result = json.loads(next(tmp_path.glob("gpu_check-*.json")).read_text())
