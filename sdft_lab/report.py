@@ -234,14 +234,14 @@ def _html_table(rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _html_section(s: dict, figures: dict) -> str:
+def _html_section(s: dict, figs: dict) -> str:
     parts = [f"<h2>{html.escape(s['title'])}</h2>"]
     if "text" in s:
         parts.append(f"<p>{html.escape(s['text'])}</p>")
     if "rows" in s:
         parts.append(_html_table(s["rows"]))
     for name in s.get("figures", []):
-        parts.append(figures[name].to_html(full_html=False, include_plotlyjs=False))
+        parts.append(figs[name].to_html(full_html=False, include_plotlyjs=False))
     if "code" in s:
         code = f"<pre>{html.escape(s['code'])}</pre>"
         parts.append(f"<details><summary>show</summary>{code}</details>" if s.get("fold") else code)
@@ -272,8 +272,8 @@ pre{background:#f6f8fa;padding:8px;white-space:pre-wrap;font-size:13px}.cols{dis
 def _page(run: dict, sections: list[dict], metrics: list[dict]) -> str:
     from plotly.offline import get_plotlyjs
 
-    figures = _figures(metrics) if metrics else {}
-    body = "".join(_html_section(s, figures) for s in sections)
+    figs = _figures(metrics) if metrics else {}
+    body = "".join(_html_section(s, figs) for s in sections)
     title = f"sdft_lab run report: {run['objective']}, {run['steps']} steps, {run['date']}"
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{STYLE}</style><script>{get_plotlyjs()}</script></head>"

@@ -181,13 +181,15 @@ def metrics(scored: Scored) -> dict:
     s, m, y = scored.stats, scored.eligible, scored.completions
     kept = scored.mask.sum() / m.sum().clamp(min=1)
     # the collapse watch's signs are the student's own rollouts: the unguided rows, where there are any
-    own = torch.tensor([not g for g in scored.guided]) if not all(scored.guided) else torch.ones(len(scored.guided),
-                                                                                                    dtype=torch.bool)
+    own = torch.tensor([not g for g in scored.guided])
+    if not own.any():  # every row guided: watch them all
+        own = ~own
     mine = Completions(y.ids[own], y.mask[own], [])
+    own = own.to(m.device)
     return {
         "kl": masked_mean(s["kl"], m).item(),  # forward KL(teacher ‖ student), whatever the loss
         "logp_gap": masked_mean(s["teacher_logp"] - s["student_logp"], m).item(),
-        "entropy": masked_mean(s["entropy"][own.to(m.device)], m[own.to(m.device)]).item(),
+        "entropy": masked_mean(s["entropy"][own], m[own]).item(),
         "rollout_len": mine.lengths.float().mean().item(),
         "distinct2": distinct2(mine),
         "guided_rows": sum(scored.guided),

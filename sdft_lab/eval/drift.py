@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from ..losses import chunked_token_losses, sequence_means
 from ..models import lm_head, teacher_view
 from ..prompts import encode, render_chat
-from ..rollout import Completions, completion_hidden, sample
+from ..rollout import Completions, completion_hidden, completions_from_ids, sample
 
 ANSWER_TOKENS = 48  # enough for a short answer to a general question; every answer is scored in full
 
@@ -54,22 +54,13 @@ def reference(model, tokenizer, questions: list[str], system: str | None = None,
             y = sample(model, tokenizer, prompts[i:i + batch_size], max_new_tokens, temperature=0)
             rows += [ids[:n] for ids, n in zip(y.ids.tolist(), y.lengths.tolist())]
             hidden.append(completion_hidden(model, prompts[i:i + batch_size], _trimmed(y)))
-    return Reference(prompts, _batch(rows, tokenizer.pad_token_id), hidden, batch_size)
+    return Reference(prompts, completions_from_ids(rows, tokenizer, [], tokenizer.pad_token_id), hidden, batch_size)
 
 
 def _trimmed(y: Completions) -> Completions:
     """The batch cut to its own longest answer: no padding-only columns."""
     width = int(y.mask.sum(-1).max())
     return Completions(y.ids[:, :width], y.mask[:, :width], [])
-
-
-def _batch(rows: list[list[int]], pad_id: int) -> Completions:
-    width = max(1, max(len(r) for r in rows))
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, r in enumerate(rows):
-        ids[i, :len(r)], mask[i, :len(r)] = torch.tensor(r, dtype=torch.long), 1
-    return Completions(ids, mask, [])
 
 
 @torch.no_grad()

@@ -99,10 +99,7 @@ def frontier(out: Path, seeds: tuple[int, ...] = SEEDS, families: list[str] | No
         tqdm.write(f"{family}: {name} seed {seed}")
         t = trial(base, tok, method, s, seed, cache, steps=STEPS_OF.get(family, STEPS), qa=False)
         results["trials"].append({"family": family, **t, "name": name})
-        results["points"] = points(results)
-        results["verdicts"] = verdicts(results)
-        results["verdicts_wall_clock"] = verdicts(results, "SFT, 60 steps")
-        path.write_text(json.dumps(results, indent=1))
+        path.write_text(json.dumps(conclude(results), indent=1))
     return results
 
 
@@ -116,10 +113,15 @@ def merge(out: Path, others: list[Path]) -> dict:
         for t in json.loads((other / "frontier.json").read_text())["trials"]:
             trials.setdefault((t["name"], t["seed"]), t)
     results["trials"] = list(trials.values())
+    path.write_text(json.dumps(conclude(results), indent=1))
+    return results
+
+
+def conclude(results: dict) -> dict:
+    """The points and both sets of verdicts, recomputed from the trials (in place; returns results)."""
     results["points"] = points(results)
     results["verdicts"] = verdicts(results)
     results["verdicts_wall_clock"] = verdicts(results, "SFT, 60 steps")
-    path.write_text(json.dumps(results, indent=1))
     return results
 
 
