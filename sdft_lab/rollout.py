@@ -117,15 +117,15 @@ def sample(
             if seed is not None:
                 torch.manual_seed(seed)
             if lean:
-                new = sampler.generate(model, ids.to(device), mask.to(device), max_new_tokens, temperature, top_p,
-                                      eos, tokenizer.pad_token_id)
+                new, how = sampler.generate(model, ids.to(device), mask.to(device), max_new_tokens, temperature,
+                                            top_p, eos, tokenizer.pad_token_id)
             else:
                 new = generate_clean(model, ids.to(device), mask.to(device), max_new_tokens, temperature, top_p,
                                      eos, tokenizer.pad_token_id)
     finally:
         model.train(was_training)
     out = completions_from_ids(new.tolist(), tokenizer, eos, tokenizer.pad_token_id)
-    out.engine = f"lean ({sampler.layouts(len(prompts))})" if lean else "hf"
+    out.engine = f"lean ({how})" if lean else "hf"
     return out
 
 

@@ -48,9 +48,15 @@ def lora_layers(model) -> list[nn.Module]:
     return [m for m in model.modules() if hasattr(m, "base_layer") and hasattr(m, "lora_A")]
 
 
-def merged_weights(model) -> dict[nn.Module, torch.Tensor]:
+FUSED = {"self_attn": ("q_proj", "k_proj", "v_proj"), "mlp": ("gate_proj", "up_proj")}  # inputs shared
+
+
+def merged_weights(model) -> dict:
     """Each active LoRA layer → W + Σ s·B·A, as new tensors: the model itself is not touched.
 
+    Layers that read the same input are folded into one weight, keyed by their parent: self_attn → (W_qkv, b)
+    and mlp → (W_gate_up, b), so a decode step runs 3 matmuls per layer where nn.Linear runs 7 (fewer, wider
+    GEMMs; the concatenation is the copy the merge makes anyway). Other layers map to their merged weight.
     Only for float32 bases on the CPU, where one matmul per layer instead of three is what pays and the
     copies (≈ the base's linear weights) live only while sampling. Elsewhere {}: the adapter path.
     """
@@ -59,14 +65,42 @@ def merged_weights(model) -> dict[nn.Module, torch.Tensor]:
                          or m.base_layer.weight.device.type != "cpu"
                          or any(b.bias is not None for b in m.lora_B.values()) for m in layers):
         return {}
-    merged = {}
-    for m in layers:
-        w = m.base_layer.weight.clone()
+
+    def merge(m: nn.Module, out: torch.Tensor) -> torch.Tensor:
+        out.copy_(m.base_layer.weight)
         for name in m.active_adapters:
             if name in m.lora_A:
-                w += (m.lora_B[name].weight @ m.lora_A[name].weight) * m.scaling[name]
-        merged[m] = w
+                out += (m.lora_B[name].weight @ m.lora_A[name].weight) * m.scaling[name]
+        return out
+
+    merged, todo = {}, set(layers)
+    for layer in decoder(model).layers:
+        for parent_name, names in FUSED.items():
+            parent = getattr(layer, parent_name)
+            parts = [getattr(parent, n) for n in names]
+            biases = [m.base_layer.bias for m in parts]
+            if not all(m in todo for m in parts) or len({b is None for b in biases}) > 1:
+                continue
+            w = parts[0].base_layer.weight.new_empty(sum(m.base_layer.out_features for m in parts),
+                                                     parts[0].base_layer.in_features)
+            start = 0
+            for m in parts:
+                merge(m, w[start:start + m.base_layer.out_features])
+                start += m.base_layer.out_features
+                todo.discard(m)
+            merged[parent] = (w, None if biases[0] is None else torch.cat(biases))
+    for m in todo:
+        merged[m] = merge(m, torch.empty_like(m.base_layer.weight))
     return merged
+
+
+def projections(parent: nn.Module, h: torch.Tensor, merged: dict | None) -> list[torch.Tensor]:
+    """The outputs of parent's layers in FUSED that read h: one matmul when merged_weights fused them."""
+    names = FUSED["self_attn" if hasattr(parent, "q_proj") else "mlp"]
+    if merged and parent in merged:
+        sizes = [getattr(parent, n).base_layer.out_features for n in names]
+        return list(matmul(*merged[parent], h).split(sizes, -1))
+    return [linear(getattr(parent, n), h, merged) for n in names]
 
 
 def linear(module: nn.Module, x: torch.Tensor, merged: dict | None = None) -> torch.Tensor:
@@ -136,10 +170,13 @@ def matmul(weight: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor) -> 
 def decode_weights(model, merged: dict) -> list[torch.Tensor]:
     """The CPU weights a decode step multiplies by: merged ones where the adapter is folded in, else each
     nn.Linear's (base layers, LoRA A and B, the output head)."""
-    folded = {id(sub) for m in merged for sub in (m.base_layer, *m.lora_A.values(), *m.lora_B.values())}
+    lora = {m for m in merged if hasattr(m, "base_layer")}
+    lora |= {getattr(parent, n) for parent in merged if parent not in lora
+             for n in FUSED["self_attn" if hasattr(parent, "q_proj") else "mlp"]}
+    folded = {id(sub) for m in lora for sub in (m.base_layer, *m.lora_A.values(), *m.lora_B.values())}
     own = [m.weight for m in model.modules()
            if type(m) is nn.Linear and id(m) not in folded and m.weight.device.type == "cpu"]
-    return list(merged.values()) + own
+    return [w[0] if isinstance(w, tuple) else w for w in merged.values()] + own
 
 
 def measure_layouts(weights: list[torch.Tensor], rows: int) -> None:
@@ -205,33 +242,88 @@ class KVCache:
         shape = (layers, batch, heads, length, head_dim)
         self.k, self.v = like.new_zeros(shape), like.new_zeros(shape)
 
-    def update(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor):
+    def update(self, layer: int, start: int | torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        if isinstance(start, torch.Tensor):  # a static-shape step (StaticStep): every column, written in place
+            self.k[layer].index_copy_(2, start, k), self.v[layer].index_copy_(2, start, v)
+            return self.k[layer], self.v[layer]
         end = start + k.shape[2]
         self.k[layer, :, :, start:end], self.v[layer, :, :, start:end] = k, v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
 
-def forward(model, x: torch.Tensor, positions: torch.Tensor, start: int, attend: torch.Tensor,
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attend: torch.Tensor) -> torch.Tensor:
+    """Causal attention of q [B, heads, q, d] over the cache's k, v [B, kv_heads, T, d] under the mask
+    attend [B, 1, q, T], with SDPA's fused kernels. `enable_gqa=True` with a mask sends CUDA's SDPA to its
+    math kernel (B × heads × q × T scores in memory), and a query whose last dimension is not contiguous (the
+    W @ x.T layout's output) sends the CPU's there too. So: one new token per row → the query heads that share
+    a key head become that head's queries ([B, kv_heads, group, d], one mask row for all); a prompt → the
+    key and value heads repeated to the query heads, as the model's own attention does."""
+    B, heads, length, d = q.shape
+    group = heads // k.shape[1]
+    if length == 1:
+        q = q.reshape(B, k.shape[1], group, d).contiguous()
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attend)\
+            .reshape(B, heads, 1, d)
+    k, v = (t.repeat_interleave(group, 1) for t in (k, v))
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attend)
+
+
+def forward(model, x: torch.Tensor, positions: torch.Tensor, start: int | torch.Tensor, attend: torch.Tensor,
             cache: KVCache, head_dim: int, merged: dict | None = None) -> torch.Tensor:
     """Run new tokens' embeddings x [B, q, H] at cache columns start…start+q; returns final hidden states.
+    start as a tensor [1]: one token written at that column, attending over the whole cache (static shapes).
     merged: weights with the adapter folded in (merged_weights)."""
     body, cfg = decoder(model), model.config
     B, q, _ = x.shape
-    heads, kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
+    heads = cfg.num_attention_heads
     cos, sin = (t.unsqueeze(1) for t in body.rotary_emb(x, positions))
     for i, layer in enumerate(body.layers):
         attn, mlp = layer.self_attn, layer.mlp
         h = layer.input_layernorm(x)
-        qs = linear(attn.q_proj, h, merged).view(B, q, heads, head_dim).transpose(1, 2)
-        ks = linear(attn.k_proj, h, merged).view(B, q, kv_heads, head_dim).transpose(1, 2)
-        vs = linear(attn.v_proj, h, merged).view(B, q, kv_heads, head_dim).transpose(1, 2)
+        qs, ks, vs = (t.reshape(B, q, -1, head_dim).transpose(1, 2) for t in projections(attn, h, merged))
         ks, vs = cache.update(i, start, rotate(ks, cos, sin), vs)
-        out = F.scaled_dot_product_attention(rotate(qs, cos, sin), ks, vs, attn_mask=attend, enable_gqa=True)
+        out = attention(rotate(qs, cos, sin), ks, vs, attend)
         x = x + linear(attn.o_proj, out.transpose(1, 2).reshape(B, q, heads * head_dim), merged)
         h = layer.post_attention_layernorm(x)
-        gated = mlp.act_fn(linear(mlp.gate_proj, h, merged)) * linear(mlp.up_proj, h, merged)
-        x = x + linear(mlp.down_proj, gated, merged)
+        gate, up = projections(mlp, h, merged)
+        x = x + linear(mlp.down_proj, mlp.act_fn(gate) * up, merged)
     return body.norm(x)
+
+
+class StaticStep:
+    """One decode step with fixed shapes: inputs copied into buffers it owns, then `run` over those buffers.
+
+    The tensors a step reads (the token's embedding, its position, its cache column, the mask over every
+    column) keep their shape and address from token to token, which is what a CUDA graph needs: on CUDA the
+    step is captured once and replayed per token, one launch instead of ~15 per layer (the eager loop is
+    launch-bound there whatever the model's size). Elsewhere, or if capture fails (a quantised kernel that
+    syncs with the host), `run` is called eagerly over the same buffers, which is how the CPU tests it.
+    """
+
+    def __init__(self, run, *inputs: torch.Tensor, capture: bool):
+        self.run, self.inputs, self.graph, self.how = run, [t.clone() for t in inputs], None, "static"
+        if capture:
+            try:
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):  # warm-up off the capture: kernels chosen, workspaces allocated
+                    for _ in range(2):
+                        run(*self.inputs)  # writes this token's keys and values: the same ones each time
+                torch.cuda.current_stream().wait_stream(side)
+                self.graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(self.graph):
+                    self.output = run(*self.inputs)
+                self.how = "CUDA graph"
+            except RuntimeError as err:  # keep sampling, eagerly, and say why in the engine's name
+                self.graph, self.how = None, f"static, not captured: {str(err).splitlines()[0][:80]}"
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        for buffer, new in zip(self.inputs, inputs):
+            buffer.copy_(new)
+        if self.graph is None:
+            return self.run(*self.inputs)
+        self.graph.replay()
+        return self.output
 
 
 def next_tokens(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
@@ -249,11 +341,14 @@ def next_tokens(logits: torch.Tensor, temperature: float, top_p: float) -> torch
 
 @torch.no_grad()
 def generate(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, temperature: float, top_p: float,
-             eos: list[int], pad_id: int) -> torch.Tensor:
-    """Sample up to max_new_tokens after left-padded prompts ids/mask [B, P]; returns the new tokens [B, ≤ N].
+             eos: list[int], pad_id: int, static: bool | None = None) -> tuple[torch.Tensor, str]:
+    """Sample up to max_new_tokens after left-padded prompts ids/mask [B, P]; returns the new tokens [B, ≤ N]
+    and how they were decoded (the matmul layouts, or the static step's kind).
 
-    Rows that emitted an EOS continue with pad_id, and decoding stops when every row is done.
+    Rows that emitted an EOS continue with pad_id, and decoding stops when every row is done. static (CUDA's
+    default): decode through StaticStep, captured as a CUDA graph on a GPU.
     """
+    static = ids.device.type == "cuda" if static is None else static
     merged = merged_weights(model)  # freed when sampling ends
     B, P = ids.shape
     measure_layouts(decode_weights(model, merged), B)
@@ -267,15 +362,26 @@ def generate(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, 
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     eos_t = torch.tensor(eos, device=ids.device)
     done = torch.zeros(B, dtype=torch.bool, device=ids.device)
-    start, out = 0, []
+
+    def logits(x, positions, start, attend) -> torch.Tensor:
+        h = forward(model, x, positions, start, attend, cache, head_dim, merged)
+        return linear(head, h[:, -1:], merged).squeeze(1).float()
+
+    start, out, step = 0, [], None
     for _ in range(max_new_tokens):
         q = x.shape[1]
-        cols = torch.arange(start + q, device=ids.device)
-        rows = cols[start:, None]
-        # causal, real keys only; each position may always see itself so that pad rows stay finite
-        attend = ((cols <= rows) & valid[:, None, : start + q]) | (cols == rows)
-        h = forward(model, x, positions, start, attend.unsqueeze(1), cache, head_dim, merged)
-        token = next_tokens(linear(head, h[:, -1:], merged).squeeze(1).float(), temperature, top_p)
+        if static and q == 1:  # after the prompt: the one-token step with fixed shapes
+            column = torch.tensor([start], device=ids.device)
+            attend = valid[:, None, None]  # the new token's column is already valid
+            step = step or StaticStep(logits, x, positions, column, attend, capture=ids.device.type == "cuda")
+            scores = step(x, positions, column, attend)
+        else:
+            cols = torch.arange(start + q, device=ids.device)
+            rows = cols[start:, None]
+            # causal, real keys only; each position may always see itself so that pad rows stay finite
+            attend = ((cols <= rows) & valid[:, None, : start + q]) | (cols == rows)
+            scores = logits(x, positions, start, attend.unsqueeze(1))
+        token = next_tokens(scores, temperature, top_p)
         token = torch.where(done, torch.full_like(token, pad_id), token)
         out.append(token)
         done |= torch.isin(token, eos_t)
@@ -285,4 +391,4 @@ def generate(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, 
         valid[:, start] = True
         positions = positions[:, -1:] + 1
         x = body.embed_tokens(token[:, None])
-    return torch.stack(out, 1)
+    return torch.stack(out, 1), step.how if step else layouts(B)

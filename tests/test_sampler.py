@@ -59,6 +59,21 @@ def test_the_unmerged_adapter_path_matches_generate(tokenizer, demo, monkeypatch
     same_tokens(model, tokenizer, prompts(tokenizer, demo), **kw)
 
 
+@pytest.mark.parametrize("merged", [True, False])
+def test_the_static_step_a_cuda_graph_replays_draws_generates_tokens(tokenizer, demo, monkeypatch, merged):
+    """CUDA decodes through StaticStep (fixed shapes, buffers refreshed per token, then captured as a graph);
+    on the CPU the same step runs eagerly over the same buffers, merged and unmerged. Breaks it fails on (each
+    made once): StaticStep.__call__ not copying the new inputs into its buffers (every token replays the
+    first one's position), and KVCache.update writing the static step's keys one column early."""
+    real = sampler.generate
+    monkeypatch.setattr(sampler, "generate", lambda *a, **k: real(*a, **k, static=True))
+    if not merged:
+        monkeypatch.setattr(sampler, "merged_weights", lambda model: {})
+    model = perturbed_student(tiny_llama(tokenizer))
+    same_tokens(model, tokenizer, prompts(tokenizer, demo), **SETTINGS[0])
+    assert sample(model, tokenizer, prompts(tokenizer, demo), 4, seed=0, engine="lean").engine == "lean (static)"
+
+
 def test_the_unmerged_path_in_bf16_follows_the_models_own_logits(tokenizer, demo, monkeypatch):
     """In bf16 the two engines may round apart, so the unmerged path is checked against the model's own
     forward: the greedy tokens it decodes are the argmax of the full model's logits over the same text, bar
@@ -196,10 +211,13 @@ def test_sampling_uses_merged_weights_and_leaves_the_model_untouched(tokenizer, 
     model = perturbed_student(tiny_llama(tokenizer))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     merged = sampler.merged_weights(model)
-    q = model.get_base_model().model.layers[0].self_attn.q_proj
-    assert len(merged) == len(sampler.lora_layers(model)) == 14  # 7 projections × 2 layers
-    torch.testing.assert_close(merged[q], q.base_layer.weight + q.lora_B["default"].weight
-                               @ q.lora_A["default"].weight * q.scaling["default"])
+    attn = model.get_base_model().model.layers[0].self_attn
+    assert len(sampler.lora_layers(model)) == 14  # 7 projections × 2 layers: q,k,v and gate,up fused per layer
+    assert len(merged) == 8 and attn in merged and attn.o_proj in merged and attn.q_proj not in merged
+    by_hand = [m.base_layer.weight + m.lora_B["default"].weight @ m.lora_A["default"].weight * m.scaling["default"]
+               for m in (attn.q_proj, attn.k_proj, attn.v_proj)]
+    torch.testing.assert_close(merged[attn][0], torch.cat(by_hand))
+    assert merged[attn][1] is None  # llama: no biases
     same_tokens(model, tokenizer, prompts(tokenizer, demo), **SETTINGS[0])  # lean (merged) = generate (adapter)
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # the base, bit for bit
     with teacher_view(model, "base"):
