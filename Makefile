@@ -54,7 +54,7 @@ bench: setup $(EXTRAS)
 gpu-check:
 	@test -x $(PY) || { echo "gpu-check: run make setup first (it installs from PyPI)" >&2; exit 2; }
 	$(PY) bench/gpu_check.py
-	$(PY) -m pytest -m gpu tests
+	SDFT_LAB_GPU_TESTS=1 $(PY) -m pytest -m gpu tests
 
 # What an air-gapped GPU box lacks, packed into .gpu_box/ for scripts/gpu_box.sh there (docs/gpu.md).
 gpu-box: setup

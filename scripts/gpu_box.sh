@@ -24,7 +24,7 @@ for name in ("transformers", "peft", "accelerate", "safetensors", "bitsandbytes"
 PY
 timeout 360 python bench/gpu_check.py --shapes qwen2.5-7b --prompts 4 --steps 2 --out "$out" 2>&1 | tee "$out/gpu_check.log"
 check=${PIPESTATUS[0]}
-timeout 180 python -m pytest -m gpu tests -q -p no:cacheprovider 2>&1 | tee "$out/gpu_tests.log"
+timeout 180 env SDFT_LAB_GPU_TESTS=1 python -m pytest -m gpu tests -q -p no:cacheprovider 2>&1 | tee "$out/gpu_tests.log"
 tests=${PIPESTATUS[0]}
 echo "gpu_check exit $check, GPU tests exit $tests (124: cut at the time limit)" | tee -a "$out/gpu_box_env.txt"
 [ "$check" = 0 ] && [ "$tests" = 0 ]

@@ -10,7 +10,7 @@ if TYPE_CHECKING:
     import plotly.graph_objects as go
 
 PHASES = ("sample_s", "teacher_s", "student_fwd_s", "backward_s", "optim_s")
-MEMORY = ("rss_peak_gb", "cuda_alloc_peak_gb", "cuda_reserved_peak_gb")
+MEMORY = ("rss_peak_gib", "cuda_alloc_peak_gib", "cuda_reserved_peak_gib")
 
 
 def step_axis(steps: list[int]) -> dict:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-GB = 2**30
+GiB = 2**30
 _STATUS, _CLEAR_REFS = Path("/proc/self/status"), Path("/proc/self/clear_refs")
 
 
@@ -30,11 +30,11 @@ def reset_peak(device: torch.device) -> None:
 
 
 def peak(device: torch.device) -> dict[str, float]:
-    """{"rss_peak_gb"}, plus {"cuda_alloc_peak_gb", "cuda_reserved_peak_gb"} for a model on CUDA."""
-    out = {"rss_peak_gb": _rss_peak_bytes() / GB}
+    """{"rss_peak_gib"}, plus {"cuda_alloc_peak_gib", "cuda_reserved_peak_gib"} for a model on CUDA."""
+    out = {"rss_peak_gib": _rss_peak_bytes() / GiB}
     if device.type == "cuda":
-        out["cuda_alloc_peak_gb"] = torch.cuda.max_memory_allocated(device) / GB
-        out["cuda_reserved_peak_gb"] = torch.cuda.max_memory_reserved(device) / GB
+        out["cuda_alloc_peak_gib"] = torch.cuda.max_memory_allocated(device) / GiB
+        out["cuda_reserved_peak_gib"] = torch.cuda.max_memory_reserved(device) / GiB
     return out
 
 
@@ -55,9 +55,9 @@ def release(device: torch.device) -> None:
 
 def short(record: dict) -> str:
     """The figure for a progress bar: GPU memory where there is a GPU, else the process's RSS."""
-    if "cuda_alloc_peak_gb" in record:
-        return f"{record['cuda_alloc_peak_gb']:.1f}G gpu"
-    return f"{record['rss_peak_gb']:.1f}G"
+    if "cuda_alloc_peak_gib" in record:
+        return f"{record['cuda_alloc_peak_gib']:.1f}G gpu"
+    return f"{record['rss_peak_gib']:.1f}G"
 
 
 def _rss_peak_bytes() -> int:

@@ -169,7 +169,7 @@ def add_student(model, lora: StudentConfig | None = None, seed: int | None = 0):
     check_supported(model)
     lora = lora or StudentConfig()
     # Not peft's prepare_model_for_kbit_training: it upcasts every weight that is not 4-bit (embeddings,
-    # lm_head, norms: +2.2 GB on a 7B) to fp32, and the whole forward then runs in fp32. The base stays in
+    # lm_head, norms: +2.0 GiB on a 7B) to fp32, and the whole forward then runs in fp32. The base stays in
     # its dtype; peft keeps the LoRA matrices in fp32 and the losses upcast the logits.
     checkpointing = lora.gradient_checkpointing
     if checkpointing is None:

@@ -21,16 +21,17 @@ class Preset:
     batch_size: int  # prompts per step
     max_new_tokens: int
     lr: float
-    measured_vram_gb: float | None = None  # from make gpu-check, where it ran this shape
+    measured_vram_gib: float | None = None  # peak allocated in make gpu-check, where it ran this shape …
+    measured_on: str = ""  # … with its date and GPU, e.g. "2027-01-05, H200"
     note: str = field(default="")
 
     @property
-    def vram_gb(self) -> float:
-        return self.measured_vram_gb if self.measured_vram_gb is not None else estimate_vram_gb(self)
+    def vram_gib(self) -> float:
+        return self.measured_vram_gib if self.measured_vram_gib is not None else estimate_vram_gib(self)
 
     @property
     def vram_source(self) -> str:
-        return "measured" if self.measured_vram_gb is not None else "estimated"
+        return f"measured {self.measured_on}" if self.measured_vram_gib is not None else "estimated"
 
 
 def _shape(hidden, intermediate, layers, heads, kv_heads, vocab, tied):
@@ -76,18 +77,23 @@ def adapter_parameters(p: Preset) -> int:
     return L * p.lora_r * (4 * H + 2 * (H + kv) + 3 * (H + I))  # q, o; k, v; gate, up, down
 
 
-def estimate_vram_gb(p: Preset, batch_size: int | None = None, max_new_tokens: int | None = None,
-                     prompt_tokens: int = 512, chunk_tokens: int = 256) -> float:
-    """Peak GPU memory of one SDFT step over an NF4 base with gradient checkpointing, in GB (1e9 bytes).
+CUDA_CONTEXT_GIB = 0.5  # the CUDA context and cuBLAS workspaces: outside torch's allocator, on every card
+
+
+def estimate_vram_gib(p: Preset, batch_size: int | None = None, max_new_tokens: int | None = None,
+                      prompt_tokens: int = 512, chunk_tokens: int = 256, ema: bool = True) -> float:
+    """Peak GPU memory of one SDFT step over an NF4 base with gradient checkpointing, in GiB (2**30 bytes).
 
     weights      4-bit linear layers at 0.5 byte per weight + ~3 % for double-quantised block scales;
                  embeddings (and an untied lm_head) in bf16
-    adapter      r·(in + out) per linear layer, 16 bytes each: fp32 weight, gradient, two Adam moments
+    adapter      r·(in + out) per linear layer, 16 bytes each: fp32 weight, gradient, two Adam moments;
+                 + 4 bytes each for the EMA teacher's copy (ema=True, the conservative default)
     KV cache     the rollout's keys and values in bf16 for prompt + new tokens
     activations  the student pass keeps one bf16 hidden state per layer (checkpointing) plus one layer
                  recomputed in backward with its gradients
     logits       one chunk of [chunk_tokens, vocab] in fp32, ~6 copies (two sides, log-softmax, grads)
-    Plus 20 % for the allocator's fragmentation. A guide for choosing a GPU, not a guarantee.
+    Plus 20 % for the allocator's fragmentation, and the CUDA context. A guide for choosing a GPU, not a
+    guarantee: `make gpu-check` measures it.
     """
     s = p.shape
     B, N = batch_size or p.batch_size, max_new_tokens or p.max_new_tokens
@@ -96,11 +102,11 @@ def estimate_vram_gb(p: Preset, batch_size: int | None = None, max_new_tokens: i
     T = prompt_tokens + N
     linear, embeddings = parameter_count(p)
     weights = linear * 0.5 * 1.03 + embeddings * 2
-    adapter = adapter_parameters(p) * 16
+    adapter = adapter_parameters(p) * (16 + 4 * ema)
     kv_cache = 2 * L * B * T * kv * 2
     activations = L * B * T * H * 2 + B * T * (6 * H + 2 * kv + 3 * I) * 2 * 2
     logits = chunk_tokens * V * 4 * 6
-    return round(1.2 * (weights + adapter + kv_cache + activations + logits) / 1e9, 1)
+    return round(1.2 * (weights + adapter + kv_cache + activations + logits) / 2**30 + CUDA_CONTEXT_GIB, 1)
 
 
 def table() -> str:
@@ -109,5 +115,5 @@ def table() -> str:
             "|---|---|---|---|---|---|---|"]
     for name, p in PRESETS.items():
         rows.append(f"| `{name}` | {p.hub_id} | {p.lora_r} | {p.batch_size} | {p.max_new_tokens} | {p.lr:g} | "
-                    f"{p.vram_gb} GB ({p.vram_source}) |")
+                    f"{p.vram_gib} GiB ({p.vram_source}) |")
     return "\n".join(rows)

@@ -143,7 +143,7 @@ def _summary(run: dict, metrics: list[dict]) -> list[tuple[str, str]]:
             ("date", run["date"]), ("machine", f"{m.get('gpu') or m['cpu']} · {m['cores']} cores · torch threads "
                                                f"{m['torch_threads']} · {' '.join(m['cpu_flags']) or 'no AVX2'}")]
     peaks = {k: max(r[k] for r in metrics if k in r) for k in MEMORY if any(k in r for r in metrics)}
-    rows += [(k.replace("_gb", "").replace("_", " "), f"{v:.2f} GiB") for k, v in peaks.items()]
+    rows += [(k.replace("_gib", "").replace("_", " "), f"{v:.2f} GiB") for k, v in peaks.items()]
     rows += [(name, str(v)) for name, v in run["versions"].items()]
     return rows
 

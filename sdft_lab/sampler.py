@@ -109,13 +109,17 @@ def linear(module: nn.Module, x: torch.Tensor, merged: dict | None = None) -> to
         return matmul(merged[module], module.base_layer.bias, x)
     if hasattr(module, "base_layer"):  # peft LoRA layer: base(x) + Σ_active B(A(x))·scaling
         y = linear(module.base_layer, x)
+        dtype = y.dtype
+        # peft's plain lora.Linear adds each delta in the wider dtype and rounds the sum once; its bitsandbytes
+        # layers (and others over quantised bases) round each delta to the base's dtype first. Same order here.
+        round_each = type(module.base_layer) is not nn.Linear
         if not module.disable_adapters:
             for name in module.active_adapters:
                 if name in module.lora_A:
                     a = module.lora_A[name]  # fp32 over a bf16/fp16 base, as peft keeps it: compute in its dtype
                     delta = linear(module.lora_B[name], linear(a, x.to(a.weight.dtype))) * module.scaling[name]
-                    y = y + delta.to(y.dtype)
-        return y
+                    y = y + (delta.to(dtype) if round_each else delta)
+        return y.to(dtype)
     if type(module) is nn.Linear and x.device.type == "cpu":
         return matmul(module.weight, module.bias, x)
     return module(x)  # quantised (bitsandbytes) layers, GPUs: the module's own kernel

@@ -9,18 +9,31 @@ import os
 import shutil
 import tempfile
 
-import pytest
-import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+# Every test but the GPU ones runs on the CPU, subprocesses included (CLI runs, workers and notebook kernels
+# inherit the environment): on a machine with a GPU they would otherwise load NF4 on CUDA and then expect
+# the CPU's bit-for-bit equality, which CUDA's kernels do not promise. Set before torch can look for a GPU.
+GPU_TESTS = os.environ.get("SDFT_LAB_GPU_TESTS") == "1"
+if not GPU_TESTS:
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
-from sdft_lab import Example, add_student, load, load_dataset
-from sdft_lab.bundled import bundled_path
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM  # noqa: E402
+
+from sdft_lab import Example, add_student, load, load_dataset  # noqa: E402
+from sdft_lab.bundled import bundled_path  # noqa: E402
 
 # Every Trainer.train() writes a run folder (TrainConfig.run_dir): in tests, under one temporary folder,
 # which notebook kernels and CLI subprocesses inherit.
 if "SDFT_LAB_RUNS" not in os.environ:
     os.environ["SDFT_LAB_RUNS"] = tempfile.mkdtemp(prefix="sdft-lab-test-runs-")
     atexit.register(shutil.rmtree, os.environ["SDFT_LAB_RUNS"], ignore_errors=True)  # ~5 MB per report
+
+
+def pytest_configure(config):
+    if config.getoption("markexpr").strip() == "gpu" and not GPU_TESTS:
+        raise pytest.UsageError("the GPU tests need SDFT_LAB_GPU_TESTS=1 (make gpu-check and scripts/gpu_box.sh "
+                                "set it); without it every test runs with the GPU hidden")
 
 
 @pytest.fixture(scope="session")

@@ -112,3 +112,20 @@ def test_sdft_lab_has_no_import_cycle():
     assert "sdft_lab.experiments.workshop" in graph["sdft_lab.experiments.__main__"]  # the graph sees imports
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c", "a"]]  # and the search finds one
     assert cycles(graph) == []
+
+
+def test_the_suite_hides_the_gpu_from_every_test_but_the_gpu_ones():
+    """conftest pins CUDA_VISIBLE_DEVICES="" before torch looks for a GPU, so the CLI runs, workers and
+    notebook kernels that the tests start inherit the CPU, and its bit-for-bit promises hold on a machine with
+    a GPU too. Break it fails on (made once): the pin removed from conftest.py."""
+    import os
+
+    assert os.environ.get("CUDA_VISIBLE_DEVICES") == ""
+    with pytest.raises(pytest.UsageError, match="SDFT_LAB_GPU_TESTS=1"):
+        conftest_configure("gpu")
+
+
+def conftest_configure(markexpr: str):
+    from conftest import pytest_configure
+
+    pytest_configure(type("Config", (), {"getoption": staticmethod(lambda name: markexpr)})())

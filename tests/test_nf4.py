@@ -11,7 +11,7 @@ import torch
 from bitsandbytes.nn import Linear4bit
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from sdft_lab import SFT, StudentConfig, add_student, load, load_dataset, sample
+from sdft_lab import SFT, StudentConfig, add_student, load, load_dataset, sample, sampler
 from sdft_lab.prompts import PromptConfig, student_ids
 
 
@@ -114,3 +114,26 @@ def test_gradient_checkpointing_is_on_for_4bit_bases_and_changes_no_gradient(tin
         grads[checkpointing] = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
     for name, g in grads[None].items():
         torch.testing.assert_close(g, grads[False][name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+@pytest.mark.parametrize("quantization", ["nf4", "none"])
+def test_the_samplers_lora_layers_round_as_peft_does_for_each_layer_class(tiny_dir, quantization):
+    """sampler.linear is each LoRA layer's own forward, bit for bit (eval mode): peft's bitsandbytes Linear4bit
+    rounds each delta to the base's dtype before adding it; its plain lora.Linear over a bf16 base adds the
+    fp32 delta and rounds the sum once. Breaks it fails on (each made once): the plain layer's delta rounded
+    first (the order the sampler used for every class), and the 4-bit layer's sum rounded once."""
+    base, _ = load(tiny_dir, quantization=quantization, device="cpu")
+    model = add_student(base if quantization == "nf4" else base.to(torch.bfloat16), seed=0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.3)
+    model.eval()
+    layers = sampler.lora_layers(model)
+    assert {type(m.base_layer) for m in layers} == ({Linear4bit} if quantization == "nf4" else {torch.nn.Linear})
+    assert all(m.lora_A["default"].weight.dtype == torch.float32 for m in layers)  # fp32 adapter, bf16 input
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for m in layers:
+            x = torch.randn(3, 5, m.base_layer.in_features).to(torch.bfloat16)  # a 4-bit layer answers in x's dtype
+            assert torch.equal(sampler.linear(m, x), m(x))

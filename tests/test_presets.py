@@ -5,7 +5,7 @@ import pytest
 
 from pathlib import Path
 
-from sdft_lab.presets import PRESETS, adapter_parameters, estimate_vram_gb, parameter_count, table
+from sdft_lab.presets import PRESETS, adapter_parameters, estimate_vram_gib, parameter_count, table
 
 # Parameter counts the model cards publish, in billions (embeddings included, counted once when tied).
 PUBLISHED_B = {"qwen2.5-0.5b": 0.49, "qwen2.5-1.5b": 1.54, "qwen2.5-3b": 3.09, "qwen2.5-7b": 7.62,
@@ -24,13 +24,16 @@ def test_the_vram_estimate_by_hand_for_the_7b_shape():
     assert linear == 28 * (2 * 3584**2 + 2 * 3584 * 512 + 3 * 3584 * 18944)
     weights = linear * 0.5 * 1.03 + embeddings * 2  # NF4 + scales, bf16 embeddings and untied lm_head
     assert weights / 1e9 == pytest.approx(5.54, abs=0.01)
-    small, large = estimate_vram_gb(p, batch_size=1, max_new_tokens=1, prompt_tokens=1), estimate_vram_gb(p)
-    adapter = 28 * 64 * (4 * 3584 + 2 * (3584 + 512) + 3 * (3584 + 18944)) * 16  # r 64, fp32 + grad + 2 Adam moments
+    small, large = estimate_vram_gib(p, batch_size=1, max_new_tokens=1, prompt_tokens=1), estimate_vram_gib(p)
+    # r 64: fp32 weight + gradient + 2 Adam moments, and the EMA teacher's fp32 copy
+    adapter = 28 * 64 * (4 * 3584 + 2 * (3584 + 512) + 3 * (3584 + 18944)) * (16 + 4)
     logits = 256 * 152064 * 4 * 6  # one fp32 chunk, ~6 copies
     # one token of prompt and rollout: the KV cache and activations are negligible, the rest is by hand
-    assert small == pytest.approx(1.2 * (weights + adapter + logits) / 1e9, abs=0.06)
-    assert estimate_vram_gb(p, batch_size=8) > large  # grows with the batch
-    assert p.vram_source == "estimated" and f"{large} GB (estimated)" in table()
+    assert small == pytest.approx(1.2 * (weights + adapter + logits) / 2**30 + 0.5, abs=0.06)  # + CUDA context
+    no_ema = estimate_vram_gib(p, batch_size=1, max_new_tokens=1, prompt_tokens=1, ema=False)
+    assert small - no_ema == pytest.approx(1.2 * adapter / 5 / 2**30, abs=0.06)  # the EMA copy: 4 of 20 bytes
+    assert estimate_vram_gib(p, batch_size=8) > large  # grows with the batch
+    assert p.vram_source == "estimated" and f"{large} GiB (estimated)" in table()
 
 
 

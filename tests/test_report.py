@@ -78,7 +78,7 @@ def test_memory_is_each_steps_own_peak_and_in_the_report(tiny, demo, tmp_path):
 
     sft.loss = heavy_on_step_2
     trainer = Trainer(model, tok, sft, demo[:2], TrainConfig(steps=3, batch_size=2, run_dir=str(tmp_path)))
-    peaks = [r["rss_peak_gb"] for r in trainer.train()]
+    peaks = [r["rss_peak_gib"] for r in trainer.train()]
     assert peaks[1] - peaks[0] > 0.8 and peaks[1] - peaks[2] > 0.8, peaks
     assert "rss peak" in (tmp_path / "report.md").read_text()
 
@@ -152,8 +152,8 @@ tok = AutoTokenizer.from_pretrained(bundled_path())
 trainer = Trainer(add_student(tiny_llama(tok)), tok, SFT(), load_dataset("demo")[:2],
                   TrainConfig(steps=3, batch_size=2, report=False, report_to="trackio", run_dir={str(tmp_path / "r")!r}))
 trainer.train()
-print(json.dumps({{"tracked": [[r["step"], r["loss"], r["rss_peak_gb"]] for r in SQLiteStorage.get_logs("sdft_lab", "r")],
-                  "history": [[r["step"], r["loss"], r["rss_peak_gb"]] for r in trainer.history]}}))
+print(json.dumps({{"tracked": [[r["step"], r["loss"], r["rss_peak_gib"]] for r in SQLiteStorage.get_logs("sdft_lab", "r")],
+                  "history": [[r["step"], r["loss"], r["rss_peak_gib"]] for r in trainer.history]}}))
 """
     env = {**os.environ, "TRACKIO_DIR": str(tmp_path / "trackio"), "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
@@ -199,10 +199,10 @@ def test_a_records_key_missing_in_some_steps_is_left_out_not_a_crash(tiny, demo,
     Trainer(model, tok, SFT(), demo[:2], TrainConfig(steps=2, batch_size=2, run_dir=str(tmp_path))).train()
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     first = json.loads(lines[0])
-    first["cuda_alloc_peak_gb"] = 1.0  # e.g. a run resumed on a CPU from a GPU checkpoint
+    first["cuda_alloc_peak_gib"] = 1.0  # e.g. a run resumed on a CPU from a GPU checkpoint
     (tmp_path / "metrics.jsonl").write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n")
     report.render(tmp_path)
-    assert "cuda_alloc_peak_gb" not in (tmp_path / "report.md").read_text()
+    assert "cuda_alloc_peak_gib" not in (tmp_path / "report.md").read_text()
 
 
 def test_an_experiment_without_reports_still_saves_its_figures(tmp_path):
