@@ -101,13 +101,9 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="a YAML or JSON file (`sdft-lab --help` lists its keys)")
     p.add_argument("--recipe", help="start from a named recipe (recipes.py: workshop-knowledge); flags override it")
     p.add_argument("--data", help="a bundled set (demo, toolcall, science, …) or a .jsonl/.json/.csv/.parquet file [demo]")
-    p.add_argument("--data-format", choices=["sdft", "trl", "chat", "prompt_completion"],
-                   help="the data's format [detected from its columns]")
-    p.add_argument("--columns", type=columns_arg, metavar="FIELD=COLUMN,…",
-                   help="read Example fields from other columns, e.g. question=instruction,demonstration=output")
-    p.add_argument("--model", help="'bundled', a local folder or a hub id in the local cache [bundled]")
+    add_data_flags(p)
+    add_model_flags(p, config=True)
     p.add_argument("--method", choices=["sdft", "sft"], help="[sdft]")
-    p.add_argument("--quantization", choices=["auto", "nf4", "none"], help="auto = NF4 on CUDA, fp32 on CPU [auto]")
     for title, flags in CONFIG_FLAGS.items():
         g = p.add_argument_group(title)
         for flag, dest, kind, help in flags:
@@ -132,10 +128,22 @@ def columns_arg(text: str) -> dict[str, str]:
     return dict(pairs)
 
 
-def add_model_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="bundled", help="'bundled', a local folder or a hub id [bundled]")
-    p.add_argument("--quantization", default="auto", choices=["auto", "nf4", "none"], help="[auto]")
-    p.add_argument("--adapter", type=Path, help="a saved adapter folder, the student (default: the base model)")
+def add_data_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-format", choices=["sdft", "trl", "chat", "prompt_completion"],
+                   help="the data's format [detected from its columns]")
+    p.add_argument("--columns", type=columns_arg, metavar="FIELD=COLUMN,…",
+                   help="read Example fields from other columns, e.g. question=instruction,demonstration=output")
+
+
+def add_model_flags(p: argparse.ArgumentParser, config: bool = False) -> None:
+    """--model and --quantization; for train (config=True) absent unless given, so that the config file's
+    values stand, elsewhere with their defaults and --adapter."""
+    p.add_argument("--model", default=None if config else "bundled",
+                   help="'bundled', a preset, a local folder or a hub id in the local cache [bundled]")
+    p.add_argument("--quantization", default=None if config else "auto", choices=["auto", "nf4", "none"],
+                   help="auto = NF4 on CUDA, fp32 on CPU [auto]")
+    if not config:
+        p.add_argument("--adapter", type=Path, help="a saved adapter folder, the student (default: the base model)")
 
 
 # ----------------------------------------------------------------------------
@@ -341,8 +349,7 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("data", help="what a data file holds: format, counts, token lengths, trimmed prompts")
     p.add_argument("file", help="a bundled set or a .jsonl / .json / .csv / .parquet file")
-    p.add_argument("--data-format", choices=["sdft", "trl", "chat", "prompt_completion"], help="[detected]")
-    p.add_argument("--columns", type=columns_arg, metavar="FIELD=COLUMN,…", help="as for train")
+    add_data_flags(p)
     p.add_argument("--model", default="bundled", help="whose tokenizer counts the tokens [bundled]")
     p.set_defaults(run=data)
 

@@ -23,6 +23,10 @@ from .sdft import SDFT, SDFTConfig
 from .sft import SFT, SFTConfig
 from .trainer import TrainConfig
 
+# Run files (quickstart.yaml, …): configs/ beside the package in a checkout, inside it (sdft_lab/configs) in a wheel.
+_PACKAGE = Path(__file__).resolve().parent
+CONFIGS = _PACKAGE / "configs" if (_PACKAGE / "configs").is_dir() else _PACKAGE.parent / "configs"
+
 SECTIONS = {"train": TrainConfig, "sdft": SDFTConfig, "sft": SFTConfig, "student": StudentConfig}
 METHODS = ("sdft", "sft")
 QUANTIZATIONS = ("auto", "nf4", "none")

@@ -23,9 +23,10 @@ import torch
 
 from . import figures
 from .figures import MEMORY, PHASES
-from .losses import sequence_means
 from .prompts import PromptConfig, student_ids
 from .rollout import greedy_texts
+from .sdft import SDFT
+from .token_diff import token_diffs
 
 RUN_FILE, METRICS_FILE, RESULTS_FILE = "run.json", "metrics.jsonl", "results.json"
 CURVES = ("loss", "kl", "logp_gap", "entropy", "rollout_len", "distinct2")
@@ -75,21 +76,15 @@ def greedy_answers(trainer) -> list[str]:
     return greedy_texts(trainer.model, trainer.tokenizer, prompts, max_new_tokens)
 
 
-@torch.no_grad()
 def rollout_diff(trainer) -> dict | None:
     """One fresh rollout of the first report prompt, scored by teacher and student: for SDFT only."""
-    score = getattr(trainer.objective, "score", None)
-    if score is None:
+    if not isinstance(trainer.objective, SDFT):
         return None
     ex = trainer.report_prompts[0]
-    scored = score(trainer.model, trainer.tokenizer, [ex], seed=trainer.cfg.seed * 1_000_003 + 999_983)
-    n = int(scored.completions.mask[0].sum())
-    ids = scored.completions.ids[0, :n].tolist()
-    gap = (scored.stats["teacher_logp"] - scored.stats["student_logp"])[0, :n]
-    mean, _ = sequence_means(scored.per_token, scored.mask)
-    return {"question": ex.question, "tokens": [trainer.tokenizer.decode([i]) for i in ids],
-            "log_ratio": gap.tolist(), "in_loss": scored.mask[0, :n].bool().tolist(),
-            "mean_divergence": mean[0].item()}
+    d, = token_diffs(trainer.model, trainer.tokenizer, [ex], trainer.objective.cfg,
+                     seed=trainer.cfg.seed * 1_000_003 + 999_983)
+    return {"question": ex.question, "tokens": d.tokens, "log_ratio": d.log_ratio, "in_loss": d.in_loss,
+            "mean_divergence": d.summary()["mean_divergence"]}
 
 
 def save(trainer, before: list[str] | None, wall_s: float) -> Path:

@@ -44,7 +44,6 @@ def lab(tmp_path_factory):
     pytest.importorskip("playwright.sync_api", reason="playwright drives the browser: pip install playwright")
     folder = tmp_path_factory.mktemp("lab")
     shutil.copytree(ROOT / "notebooks", folder / "notebooks")
-    shutil.copytree(ROOT / "configs", folder / "configs")  # notebook 00 reads ../configs/quickstart.yaml
     # Every cell in the page, not only those in view (JupyterLab 4 renders a window of them by default):
     # the test reads every prompt, and a screenshot shows the whole notebook.
     settings = folder / "settings" / "@jupyterlab" / "notebook-extension"

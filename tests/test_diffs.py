@@ -13,11 +13,13 @@ from sdft_lab.inspect.diffs import TokenDiff, divergence_figure, table_html, to_
 
 @pytest.mark.parametrize("kind", ["forward_kl", "reverse_kl"])
 def test_diff_agrees_with_the_loss(tiny, demo, kind):
+    """The diff of a rollout is the loss's view of it, row by row. Breaks it fails on (each made once): the
+    rows' logits paired with the wrong row's hidden states, and the temperature left out of the diff."""
     model, tok = tiny
     for p in model.parameters():  # a non-zero adapter, so that student and teacher differ
         if p.requires_grad:
             torch.nn.init.normal_(p, std=0.3)
-    cfg = SDFTConfig(max_new_tokens=10, skip_first=2)
+    cfg = SDFTConfig(max_new_tokens=10, skip_first=2, temperature=0.7)
     cfg.divergence.kind = kind
     with torch.no_grad():
         scored = SDFT(cfg).score(model, tok, demo[:3], seed=4)
@@ -27,6 +29,10 @@ def test_diff_agrees_with_the_loss(tiny, demo, kind):
         assert sum(in_loss) == pytest.approx(scored.per_token[b].sum().item(), rel=1e-5, abs=1e-6)
         assert d.in_loss[:2] == [False, False]
         assert all(0 <= p <= 1 for p in d.p_student + d.p_teacher) and min(d.teacher_rank) >= 1
+        kept, n = scored.mask[b].bool(), len(d.ids)  # each side's log p of the token is the loss's own statistic
+        for side in ("teacher", "student"):
+            torch.testing.assert_close(torch.tensor(getattr(d, f"p_{side}"))[kept[:n]].log(),
+                                       scored.stats[f"{side}_logp"][b, :n][kept[:n]], rtol=1e-4, atol=1e-5)
         assert d.log_ratio[0] == pytest.approx(torch.tensor(d.p_teacher[0] / d.p_student[0]).log().item(), abs=1e-4)
         assert len(d.top_teacher[0]) == 5 and d.top_teacher[0][0][1] >= d.top_teacher[0][-1][1]
         assert len(d.rows()) == len(d.ids) and set(d.summary()) >= {"mean_divergence", "most_disagreed"}

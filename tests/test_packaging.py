@@ -2,6 +2,7 @@
 bundled data load from inside the installed package (an editable install could hide a wheel without them)."""
 
 import email
+import json
 import os
 import shutil
 import subprocess
@@ -27,7 +28,7 @@ def wheel(tmp_path_factory) -> Path:
     src, dist = tmp_path_factory.mktemp("src"), tmp_path_factory.mktemp("dist")
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src)
-    for name in ("sdft_lab", "data"):
+    for name in ("sdft_lab", "data", "configs", "docs"):
         shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
                     "--wheel-dir", str(dist), str(src)], check=True, timeout=120)
@@ -39,7 +40,9 @@ def test_the_wheel_holds_the_data_the_code_loads(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = {f"sdft_lab/data/{p.relative_to(ROOT / 'data')}" for p in (ROOT / "data").rglob("*.jsonl")}
     assert expected and expected <= names
-    assert {"sdft_lab/eval/tasks/sdft_lab_probes.yaml", "sdft_lab/cli.py"} <= names
+    assert {"sdft_lab/eval/tasks/sdft_lab_probes.yaml", "sdft_lab/cli.py", "sdft_lab/configs/quickstart.yaml",
+            "sdft_lab/results/frontier.json", "sdft_lab/results/recipe_search.json"} <= names
+    assert not [n for n in names if n.startswith("sdft_lab/results/") and not n.endswith(".json")]  # no docs pages
 
 
 def test_the_extras_accept_the_pinned_versions(wheel):
@@ -52,18 +55,24 @@ def test_the_extras_accept_the_pinned_versions(wheel):
             assert req.specifier.contains(version(req.name)), (str(req), version(req.name))
 
 
-def test_installed_wheel_runs_outside_the_checkout(wheel, tmp_path):
-    env_dir = tmp_path / "venv"
+@pytest.fixture(scope="module")
+def installed(wheel, tmp_path_factory) -> tuple[Path, Path, dict]:
+    """(python, its site-packages, environment): a fresh virtual environment with the wheel installed; torch
+    & co. come from this environment, appended after the new one's own site-packages."""
+    env_dir = tmp_path_factory.mktemp("venv")
     venv.create(env_dir, with_pip=False)
     python = env_dir / "bin" / "python"
     site = Path(subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                check=True, capture_output=True, text=True).stdout.strip())
-    # torch & co. come from this environment, appended after the new one's own site-packages
     (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps",
                     "--no-index", str(wheel)], check=True, timeout=120)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return python, site, {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
+
+def test_installed_wheel_runs_outside_the_checkout(installed, tmp_path):
+    python, site, env = installed
+    env_dir = python.parent.parent
     help_text = subprocess.run([env_dir / "bin" / "sdft-lab", "--help"], cwd=tmp_path, env=env, check=True,
                                capture_output=True, text=True, timeout=120).stdout
     assert "usage: sdft-lab" in help_text and "export-trl" in help_text
@@ -92,3 +101,28 @@ def test_environment_yml_installs_the_pinned_requirements_with_cpu_torch():
     assert "--extra-index-url https://download.pytorch.org/whl/cpu" in pip_lines
     requirement_files = [line.split()[1] for line in pip_lines if line.startswith("-r ")]
     assert requirement_files == ["requirements.txt"] and (ROOT / "requirements.txt").is_file()
+
+
+@pytest.mark.parametrize("name", ["00_quickstart", "03_knowledge_injection"])
+def test_a_notebook_copied_elsewhere_runs_on_the_installed_wheel(installed, name, tmp_path, monkeypatch):
+    """A hosted notebook (Colab, a JupyterHub seat): the wheel installed, the notebook alone in a folder of its
+    own, no checkout anywhere on the path. Breaks it fails on (each made once): notebook 00 reading
+    ../configs/quickstart.yaml, the repository's path, and the published frontier left out of the wheel."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    python, site, _ = installed
+    spec = tmp_path / "jupyter" / "kernels" / "wheel"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({"argv": [str(python), "-m", "ipykernel_launcher", "-f",
+                                                           "{connection_file}"], "display_name": "wheel",
+                                                  "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    monkeypatch.setenv("SDFT_LAB_SMOKE", "1")
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    folder = tmp_path / "elsewhere"
+    folder.mkdir()
+    nb = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell("import sdft_lab\nprint(sdft_lab.__file__)"))
+    NotebookClient(nb, timeout=600, kernel_name="wheel", resources={"metadata": {"path": str(folder)}}).execute()
+    assert nb.cells[-1].outputs[0]["text"].strip().startswith(str(site))  # the wheel's copy, not the checkout

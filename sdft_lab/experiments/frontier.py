@@ -117,6 +117,11 @@ def merge(out: Path, others: list[Path]) -> dict:
     return results
 
 
+def published() -> dict:
+    """The frontier measured on the bundled model (docs/frontier.json; shipped inside the wheel too)."""
+    return json.loads((DOCS / "frontier.json").read_text())
+
+
 def conclude(results: dict) -> dict:
     """The points and both sets of verdicts, recomputed from the trials (in place; returns results)."""
     results["points"] = points(results)

@@ -41,7 +41,10 @@ from ..sft import SFTConfig
 from ..trainer import TrainConfig, Trainer
 from .runs import student_of
 
-DOCS = Path(__file__).resolve().parents[2] / "docs"
+# The published results (frontier.json, recipe_search.json): docs/ in a checkout, inside the package
+# (sdft_lab/results) in a wheel, so that notebooks run from an installed wheel read them too.
+_PACKAGE = Path(__file__).resolve().parents[1]
+DOCS = _PACKAGE / "results" if (_PACKAGE / "results").is_dir() else _PACKAGE.parent / "docs"
 STEPS = 24
 # The starting point: the settings a first look found (short answers, demonstration first, nothing skipped).
 START = {"system": "short", "template": "context-first", "skip_first": 0, "lr": 3e-3, "tokens": 32, "k": 1,

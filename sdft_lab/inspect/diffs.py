@@ -1,107 +1,18 @@
-"""What the teacher wants, token by token: teacher vs student on one rollout.
+"""What the teacher wants, token by token: teacher vs student on one rollout, drawn.
 
-For each completion token y_t of a student rollout: both sides' probability of
-y_t, the per-token divergence the loss uses, the log-ratio log p_T(y_t) − log p_S(y_t)
-(SDFT's implicit reward: > 0 where the teacher likes the student's token more than
-the student does), the rank of y_t under the teacher, and each side's top-k.
-Rendered as escaped HTML (a token coloured by its log-ratio, with a tooltip) and
-as a plotly curve of the divergence along the sequence.
+token_diffs (sdft_lab.token_diff, re-exported here) scores a rollout per token; this module renders it as
+escaped HTML (a token coloured by its log-ratio, with a tooltip) and as a plotly curve of the divergence
+along the sequence.
 """
 
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
-
-from ..data import Example
-from ..losses import divergence
-from ..models import lm_head
 from ..report import log_ratio_color
-from ..rollout import Completions
-from ..sdft import SDFT, SDFTConfig
+from ..token_diff import TokenDiff, token_diffs
 
-
-@dataclass
-class TokenDiff:
-    question: str
-    ids: list[int]
-    tokens: list[str]
-    p_student: list[float]  # probability of the sampled token
-    p_teacher: list[float]
-    divergence: list[float]  # the loss's per-token divergence (SDFTConfig.divergence)
-    log_ratio: list[float]  # log p_T(y) − log p_S(y)
-    teacher_rank: list[int]  # 1 = the teacher's own first choice
-    top_student: list[list[tuple[str, float]]]
-    top_teacher: list[list[tuple[str, float]]]
-    in_loss: list[bool]  # False for the first `skip_first` tokens
-
-    def rows(self) -> list[dict]:
-        """One dict per token: the table view (pandas.DataFrame(diff.rows()) if you have pandas)."""
-        keys = ("tokens", "p_student", "p_teacher", "divergence", "log_ratio", "teacher_rank", "in_loss")
-        return [{k.rstrip("s") if k == "tokens" else k: getattr(self, k)[i] for k in keys} for i in range(len(self.ids))]
-
-    def summary(self, n: int = 5) -> dict:
-        """Mean divergence over the loss tokens (= this sequence's loss), and where the teacher disagrees most."""
-        idx = [i for i, keep in enumerate(self.in_loss) if keep]
-        worst = sorted(idx, key=lambda i: -self.divergence[i])[:n]
-        return {
-            "mean_divergence": sum(self.divergence[i] for i in idx) / max(1, len(idx)),
-            "mean_log_ratio": sum(self.log_ratio[i] for i in idx) / max(1, len(idx)),
-            "teacher_top1": sum(self.teacher_rank[i] == 1 for i in idx) / max(1, len(idx)),
-            "most_disagreed": [(self.tokens[i], round(self.divergence[i], 3), self.top_teacher[i][0][0]) for i in worst],
-        }
-
-
-@torch.no_grad()
-def token_diffs(
-    model,
-    tokenizer,
-    examples: list[Example],
-    cfg: SDFTConfig | None = None,
-    completions: Completions | None = None,
-    seed: int | None = None,
-    k: int = 5,
-    demonstration: bool = True,
-) -> list[TokenDiff]:
-    """Diffs for one rollout per example; pass `completions` to re-score fixed rollouts.
-
-    demonstration=False scores with the teacher's weights but the bare question, which
-    shows how much of the difference comes from the demonstration itself.
-    """
-    cfg = cfg or SDFTConfig()
-    scored = SDFT(cfg).score(model, tokenizer, examples, seed, completions, demonstration)
-    completions, head = scored.completions, lm_head(model)
-    t_logits = head(scored.teacher_hidden).float() / cfg.temperature
-    s_logits = head(scored.student_hidden).float() / cfg.temperature
-    ids = completions.ids.to(t_logits.device)
-    per_token = divergence(t_logits, s_logits, cfg.divergence, ids)  # every token, the skipped ones too
-    t_logp, s_logp = F.log_softmax(t_logits, -1), F.log_softmax(s_logits, -1)
-    t_y = t_logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
-    s_y = s_logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
-    rank = (t_logp > t_y.unsqueeze(-1)).sum(-1) + 1
-    t_top, s_top = t_logp.topk(k, -1), s_logp.topk(k, -1)
-    keep = scored.mask.cpu()
-
-    def top(values, indices, b, t):
-        return [(tokenizer.decode([i]), round(p, 4)) for i, p in zip(indices[b, t].tolist(), values[b, t].exp().tolist())]
-
-    diffs = []
-    for b, ex in enumerate(examples):
-        n = int(completions.mask[b].sum())
-        token_ids = completions.ids[b, :n].tolist()
-        diffs.append(TokenDiff(
-            question=ex.question, ids=token_ids, tokens=[tokenizer.decode([i]) for i in token_ids],
-            p_student=s_y[b, :n].exp().tolist(), p_teacher=t_y[b, :n].exp().tolist(),
-            divergence=per_token[b, :n].tolist(), log_ratio=(t_y - s_y)[b, :n].tolist(),
-            teacher_rank=rank[b, :n].tolist(),
-            top_student=[top(s_top.values, s_top.indices, b, t) for t in range(n)],
-            top_teacher=[top(t_top.values, t_top.indices, b, t) for t in range(n)],
-            in_loss=keep[b, :n].bool().tolist(),
-        ))
-    return diffs
+__all__ = ["TokenDiff", "token_diffs", "to_html", "table_html", "divergence_figure", "words"]
 
 
 # ----------------------------------------------------------------------------
