@@ -10,6 +10,7 @@ training, and its gradients of the first step before and after the average over 
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -68,10 +69,13 @@ def run(out: Path, tokenizer, batch_size: int, lora_seed: int, method: str = "sd
 
     distributed.Group.average_gradients_ = recording_average
     objective = Recording(CFG) if method == "sdft" else RecordingSFT()
+    rank = int(os.environ.get("RANK", 0))  # each process is given folders of its own: who writes shows there
     trainer = Trainer(model, tokenizer, objective, load_dataset("demo"),
                       TrainConfig(steps=STEPS, batch_size=batch_size, grad_accum=GRAD_ACCUM, lr=1e-2, preflight=False,
-                                  report=False))  # the report scores one more rollout on rank 0 only
+                                  report=False,  # the report scores one more rollout on rank 0 only
+                                  checkpoint_every=STEPS, checkpoint_dir=str(out / f"checkpoints-rank{rank}")))
     losses = [r["loss"] for r in trainer.train()]
+    trainer.save_adapter(out / f"adapter-rank{rank}")
     result = {"rank": trainer.group.rank, "world": trainer.group.world, "batches": objective.batches,
               "seeds": objective.seeds, "rollouts": objective.rollouts, "losses": losses}
     out.mkdir(parents=True, exist_ok=True)
@@ -81,8 +85,6 @@ def run(out: Path, tokenizer, batch_size: int, lora_seed: int, method: str = "sd
 
 
 if __name__ == "__main__":
-    import os
-
     from transformers import AutoTokenizer
 
     from sdft_lab.bundled import bundled_path

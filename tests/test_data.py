@@ -145,3 +145,16 @@ def test_a_datasets_object_and_a_split(tmp_path):
     assert load_dataset(both, split="test")[0].question == QUESTION
     with pytest.raises(DataError, match=r"DatasetDict; name one of its splits with split= \(\['test', 'train'\]\)"):
         load_dataset(both)
+
+
+def test_a_parquet_file_loads_and_a_bad_row_names_its_row(tmp_path):
+    """docs/data.md's promise: .parquet, read through `datasets` (optional). Breaks it fails on (made once): the
+    .parquet branch removed from read_rows (the file is then read as text and rejected as binary)."""
+    datasets = pytest.importorskip("datasets", reason="datasets is an optional extra (pip install datasets)")
+    rows = [{"prompt": QUESTION, "completion": DEMO}, {"prompt": "Q2?", "completion": "A2."}]
+    datasets.Dataset.from_list(rows).to_parquet(tmp_path / "set.parquet")
+    first, second = load_dataset(tmp_path / "set.parquet")
+    assert (first.question, first.demonstration, second.question) == (QUESTION, DEMO, "Q2?")
+    datasets.Dataset.from_list([rows[0], {"prompt": "Q3?", "completion": ""}]).to_parquet(tmp_path / "bad.parquet")
+    with pytest.raises(DataError, match=r"bad\.parquet row 1"):
+        load_dataset(tmp_path / "bad.parquet")

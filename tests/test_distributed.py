@@ -99,6 +99,11 @@ def test_two_processes_train_like_one_process_on_the_combined_batch(tokenizer, t
     assert adapters[0].keys() == reference.keys()
     assert all(torch.equal(adapters[0][name], adapters[1][name]) for name in reference)
 
+    # only the main process writes checkpoints and adapters (each process was given folders of its own)
+    assert [p.name for p in (tmp_path / "dp" / "checkpoints-rank0").iterdir()] == [f"step-{dist_worker.STEPS:06d}"]
+    assert (tmp_path / "dp" / "adapter-rank0" / "adapter_model.safetensors").is_file()
+    assert not (tmp_path / "dp" / "checkpoints-rank1").exists() and not (tmp_path / "dp" / "adapter-rank1").exists()
+
 
 def test_one_process_never_needs_accelerate(monkeypatch):
     monkeypatch.setitem(sys.modules, "accelerate", None)  # as if it were not installed
