@@ -100,11 +100,12 @@ def combine(runs: list[dict], variants: list[str], prompts: list[int]) -> list[d
                                                   if v in by else None, "trl-full"),
                       "rss_ratio_to_trl": paired(runs, n, lambda by, ref: by[v]["peak_rss_mib"] / ref["peak_rss_mib"]
                                                  if v in by else None, "trl-full")}
-            if "sample_s" in row["phases_s"]:
+            samples = row["phases_s"].get("sample_s", 0) > 0  # SDFT variants; SFT records 0 s of sampling
+            if samples:
                 ratios["generate_over_sample"] = paired(
                     runs, n, lambda by, ref: ref["median_s"] / by[v]["phases_s"]["sample_s"] if v in by else None,
                     "generate")
-            if v == "sdft" and "sample_s" in row["phases_s"]:  # the floor of the same round: generate + the rest
+            if v == "sdft" and samples:  # the floor of the same round: generate + the rest
                 ratios["ratio_to_floor"] = paired(runs, n, lambda by, ref: by[v]["median_s"] / (
                     ref["median_s"] + sum(by[v]["phases_s"][p] for p in PHASES[1:])) if v in by else None, "generate")
             if "decode_step_s" in row:
@@ -264,10 +265,18 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--rounds", type=int, default=3, help="runs of every variant, interleaved")
     parser.add_argument("--worker", nargs=2, metavar=("VARIANT", "PROMPTS"), help=argparse.SUPPRESS)
+    parser.add_argument("--tables", type=Path, help="print the tables of a results file (its runs), run nothing")
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(run_variant(args.worker[0], int(args.worker[1]), args.steps, args.new_tokens)))
         return
+
+    if args.tables:  # e.g. a run stopped early: its runs are written as they finish
+        saved = json.loads(args.tables.read_text())
+        runs = saved["runs"]
+        args.prompts = sorted({x["prompts"] for x in runs})
+        args.variants = list(dict.fromkeys(x["variant"] for x in runs))
+        return tables(runs, args, saved["meta"], args.tables)
 
     from sdft_lab.report import machine
 
@@ -275,6 +284,10 @@ def main() -> None:
     print(f"machine: {the_machine['cpu']}, {the_machine['cores']} cores, torch threads {the_machine['torch_threads']}, "
           f"flags {' '.join(the_machine['cpu_flags']) or 'none of avx2 / avx512 / amx'}, BLAS {the_machine['blas']}",
           file=sys.stderr)
+    out = Path(__file__).parent / "results" / f"step_time_p{'-'.join(map(str, args.prompts))}.json"
+    out.parent.mkdir(exist_ok=True)
+    meta = {"date": time.strftime("%Y-%m-%d"), "machine": the_machine, "new_tokens": args.new_tokens,
+            "timed_steps": args.steps, "rounds": args.rounds}
     runs = []
     for prompts in args.prompts:
         for r in range(args.rounds):  # interleaved: A B C …, then again; ratios are taken within a round
@@ -287,6 +300,14 @@ def main() -> None:
                 runs.append({**json.loads(proc.stdout.strip().splitlines()[-1]), "round": r})
                 print(f"  round {r + 1}: {variant:<13} {prompts:>3} prompts  {runs[-1]['median_s']:6.2f} s/step",
                       file=sys.stderr)
+                out.write_text(json.dumps({"meta": meta, "partial": True, "runs": runs}, indent=1))  # kept as run
+    tables(runs, args, meta, out)
+
+
+def tables(runs: list[dict], args: argparse.Namespace, meta: dict, out: Path) -> None:
+    """Print the table, the floors and the targets from the runs, and write them all to `out`."""
+    m = meta["machine"]
+    print(f"{meta['date']}, {m['cpu']}, {m['cores']} cores, torch threads {m['torch_threads']}, {meta['rounds']} rounds")
     rows = combine(runs, args.variants, args.prompts)
     print(f"\n{'variant':<14}{'prompts':>8}{'s/step':>8}{'×SFT':>7}{'×TRL':>7}{'peak RSS':>10}{'×SFT':>6}"
           "   phases (median s)")
@@ -311,10 +332,6 @@ def main() -> None:
     targets = check_targets(rows, floors)
     for line in targets:
         print(line)
-    meta = {"date": time.strftime("%Y-%m-%d"), "machine": the_machine, "new_tokens": args.new_tokens,
-            "timed_steps": args.steps, "rounds": args.rounds}
-    out = Path(__file__).parent / "results" / f"step_time_p{'-'.join(map(str, args.prompts))}.json"
-    out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "rows": rows, "floors": floors, "runs": runs}, indent=1))
     print(f"\nwritten to {out}")
 
