@@ -176,8 +176,8 @@ def measure_steps(model, tok, method: str, prompts: int, new_tokens: int, steps:
 
 def rollout_speed(model, tok, prompts: int, new_tokens: int, device: str) -> dict:
     """Rollout tokens/s, each on the same prompts: the lean sampler through its static step (a CUDA graph on a
-    GPU) and eagerly, and model.generate with its dynamic and its static cache. "lean_engine" says whether
-    the graph was captured; an engine that fails records its error instead of a speed."""
+    GPU) and eagerly, and model.generate with its dynamic and its static cache (not compiled). "lean_engine"
+    says whether the graph was captured; an engine that fails records its error instead of a speed."""
     from sdft_lab import sampler
     from sdft_lab.prompts import PromptConfig, left_pad, student_ids
     from sdft_lab.rollout import eos_ids
@@ -189,8 +189,9 @@ def rollout_speed(model, tok, prompts: int, new_tokens: int, device: str) -> dic
     engines = {"lean": lambda n: sampler.generate(model, ids, mask, n, 1.0, 1.0, eos, pad, static=True),
                "lean_eager": lambda n: sampler.generate(model, ids, mask, n, 1.0, 1.0, eos, pad, static=False),
                "hf": lambda n: model.generate(input_ids=ids, max_new_tokens=n, min_new_tokens=n, **hf),
+               # eager: transformers would compile the forward for a static cache, minutes for a 7B on the box
                "hf_static": lambda n: model.generate(input_ids=ids, max_new_tokens=n, min_new_tokens=n,
-                                                     cache_implementation="static", **hf)}
+                                                     cache_implementation="static", disable_compile=True, **hf)}
     speed = {}
     model.eval()
     for name, run in engines.items():
@@ -269,12 +270,16 @@ def main(argv: list[str] | None = None) -> int:
         row = {"build_s": time.perf_counter() - t0, "settings": {**s, "max_new_tokens": tokens},
                "layers": check_layers(model), "by_prompts": {}}
         results["shapes"][shape] = row
+        path.write_text(json.dumps(results, indent=1))  # every figure kept as soon as it is measured
         for n in args.prompts or [s["batch_size"]]:
-            sft = measure_steps(model, tok, "sft", n, tokens, args.steps, device)
-            sdft = measure_steps(model, tok, "sdft", n, tokens, args.steps, device)
-            r = row["by_prompts"][str(n)] = {"sft": sft, "sdft": sdft, "sdft_over_sft": sdft["s_per_step"] /
-                                             sft["s_per_step"], **rollout_speed(model, tok, n, tokens, device)}
-            path.write_text(json.dumps(results, indent=1))  # every figure kept as soon as it is measured
+            r = row["by_prompts"][str(n)] = {}
+            for method in ("sft", "sdft"):
+                r[method] = measure_steps(model, tok, method, n, tokens, args.steps, device)
+                path.write_text(json.dumps(results, indent=1))
+            sft, sdft = r["sft"], r["sdft"]
+            r["sdft_over_sft"] = sdft["s_per_step"] / sft["s_per_step"]
+            r.update(rollout_speed(model, tok, n, tokens, device))
+            path.write_text(json.dumps(results, indent=1))
             vram = "" if sdft["peak_gib"] is None else f", peak {sdft['peak_gib']:.1f} GiB"
             print(f"{shape:>13} × {n:>2} prompts × {tokens} tokens, r {s['lora_r']}: SFT {sft['s_per_step']:.2f} s, "
                   f"SDFT {sdft['s_per_step']:.2f} s ({r['sdft_over_sft']:.1f}×; sample {sdft['sample_s']:.2f}, teacher "
