@@ -8,12 +8,16 @@ token, so that logits can be made chunk by chunk (see losses.py).
 
 from __future__ import annotations
 
+import json
+import os
+import time
 from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
 from . import sampler
+from .bundled import cache_root
 from .losses import chunked_token_logp, sequence_means
 from .models import decoder, lm_head
 from .prompts import left_pad
@@ -93,18 +97,15 @@ def sample(
     """Sample one completion per prompt. temperature 0 is greedy. Reproducible for a given seed.
 
     engine: "lean" (sampler.py's loop, llama-family models; its matmul layout measured on this machine),
-    "hf" (`model.generate`), or "auto" (lean where supported on the CPU, generate on a GPU). Both draw the same
-    tokens for the same seed;
-    the result's `engine` says which ran.
+    "hf" (`model.generate`), or "auto": on the CPU whichever of the two decoded faster on this machine for
+    this model and batch size (`faster_engine`), on a GPU generate. Both draw the same tokens for the same
+    seed; the result's `engine` says which ran.
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     device = next(model.parameters()).device
-    # auto: the lean loop on the CPU, where it was measured faster; generate() on a GPU, where the lean loop is
-    # eager Python (launch-bound) and has not been measured faster (bench/gpu_check.py measures both)
-    lean = engine == "lean" or (engine == "auto" and sampler.supported(model) and device.type == "cpu")
     if engine == "lean" and not sampler.supported(model):
         raise ValueError(f"the lean sampler supports {sampler.SUPPORTED} models without merged or DoRA adapters; "
                          f"use engine='hf' for {model.config.model_type}")
@@ -113,6 +114,9 @@ def sample(
     was_training = model.training
     model.eval()
     try:
+        # auto on a GPU: generate(), until make gpu-check has measured the lean sampler's CUDA graph there
+        lean = engine == "lean" or (engine == "auto" and sampler.supported(model) and device.type == "cpu"
+                                    and faster_engine(model, ids, mask, eos, tokenizer.pad_token_id) == "lean")
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             if seed is not None:
                 torch.manual_seed(seed)
@@ -127,6 +131,49 @@ def sample(
     out = completions_from_ids(new.tolist(), tokenizer, eos, tokenizer.pad_token_id)
     out.engine = f"lean ({how})" if lean else "hf"
     return out
+
+
+# (machine, model shape, rows) → "lean" or "hf", measured by faster_engine; kept per machine in the cache folder
+ENGINE_MARGIN = 0.9  # generate() must take under 90 % of the lean sampler's time to be chosen
+TIMED_TOKENS = 12
+clock = time.perf_counter  # faster_engine's timer
+
+
+def faster_engine(model, ids: torch.Tensor, mask: torch.Tensor, eos: list[int], pad_id: int) -> str:
+    """The engine engine="auto" uses on the CPU: the first time for a model shape and batch size on a machine,
+    both decode TIMED_TOKENS tokens of this batch (after a warm-up) and the faster is kept, in the cache
+    folder's engines.json, so that every later run on the machine picks alike without timing again. The
+    random stream is left as it was. SDFT_LAB_ENGINE=lean or =hf pins one."""
+    if pin := os.environ.get("SDFT_LAB_ENGINE"):
+        return pin
+    cfg = model.config
+    key = (f"{cfg.model_type} {cfg.hidden_size}x{cfg.num_hidden_layers} {next(model.parameters()).dtype} "
+           f"{len(ids)} rows")
+    path = cache_root() / "engines.json"
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        saved = {}
+    here = saved.setdefault(sampler.machine_key(), {})
+    if key not in here:
+        run = {"lean": lambda n: sampler.generate(model, ids, mask, n, 1.0, 1.0, eos, pad_id),
+               "hf": lambda n: generate_clean(model, ids, mask, n, 1.0, 1.0, eos, pad_id)}
+        seconds = {}
+        with torch.random.fork_rng(), torch.no_grad():
+            for name, decode in run.items():
+                decode(2)  # warm-up: the lean sampler measures its matmul layouts here
+                t = clock()
+                decode(TIMED_TOKENS)
+                seconds[name] = clock() - t
+        here[key] = "hf" if seconds["hf"] < ENGINE_MARGIN * seconds["lean"] else "lean"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(saved, indent=1, sort_keys=True))
+            tmp.replace(path)  # whole or not at all, whatever runs beside it
+        except OSError:
+            pass  # a read-only home: timed again by the next process
+    return here[key]
 
 
 def generate_clean(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, temperature: float,

@@ -23,6 +23,10 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM  # noqa: E
 from sdft_lab import Example, add_student, load, load_dataset  # noqa: E402
 from sdft_lab.bundled import bundled_path  # noqa: E402
 
+# engine="auto" times the two samplers once per machine and batch size (rollout.faster_engine); the tests pin
+# the lean sampler so that what they check does not depend on that timing (test_sampler tests the timing).
+os.environ.setdefault("SDFT_LAB_ENGINE", "lean")
+
 # Every Trainer.train() writes a run folder (TrainConfig.run_dir): in tests, under one temporary folder,
 # which notebook kernels and CLI subprocesses inherit.
 if "SDFT_LAB_RUNS" not in os.environ:
