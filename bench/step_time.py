@@ -100,6 +100,11 @@ def combine(runs: list[dict], variants: list[str], prompts: list[int]) -> list[d
                                                   if v in by else None, "trl-full"),
                       "rss_ratio_to_trl": paired(runs, n, lambda by, ref: by[v]["peak_rss_mib"] / ref["peak_rss_mib"]
                                                  if v in by else None, "trl-full")}
+            if v.startswith("sdft-"):  # a variant of the default SDFT step: its time and its sampling's, per round
+                ratios["ratio_to_sdft"] = paired(runs, n, lambda by, ref: by[v]["median_s"] / ref["median_s"]
+                                                 if v in by else None, "sdft")
+                ratios["sample_ratio_to_sdft"] = paired(runs, n, lambda by, ref: by[v]["phases_s"]["sample_s"] /
+                                                        ref["phases_s"]["sample_s"] if v in by else None, "sdft")
             samples = row["phases_s"].get("sample_s", 0) > 0  # SDFT variants; SFT records 0 s of sampling
             if samples:
                 ratios["generate_over_sample"] = paired(
@@ -309,7 +314,7 @@ def tables(runs: list[dict], args: argparse.Namespace, meta: dict, out: Path) ->
     m = meta["machine"]
     print(f"{meta['date']}, {m['cpu']}, {m['cores']} cores, torch threads {m['torch_threads']}, {meta['rounds']} rounds")
     rows = combine(runs, args.variants, args.prompts)
-    print(f"\n{'variant':<14}{'prompts':>8}{'s/step':>8}{'×SFT':>7}{'×TRL':>7}{'peak RSS':>10}{'×SFT':>6}"
+    print(f"\n{'variant':<14}{'prompts':>8}{'s/step':>8}{'×SFT':>7}{'×TRL':>7}{'×SDFT':>7}{'peak RSS':>10}{'×SFT':>6}"
           "   phases (median s)")
     for row in rows:
         same = {r["variant"]: r for r in rows if r["prompts"] == row["prompts"]}
@@ -318,7 +323,8 @@ def tables(runs: list[dict], args: argparse.Namespace, meta: dict, out: Path) ->
         phases = "  ".join(f"{k[:-2]} {v:.2f}" for k, v in row["phases_s"].items() if v)
         cell = lambda key, fmt: format(row[key], fmt) if key in row else "–"  # noqa: E731
         print(f"{row['variant']:<14}{row['prompts']:>8}{row['median_s']:>8.2f}{cell('ratio_to_sft', '7.2f'):>7}"
-              f"{cell('ratio_to_trl-full', '7.2f'):>7}{row['peak_rss_mib']:>7.0f} MiB{cell('rss_ratio_to_sft', '6.2f'):>6}"
+              f"{cell('ratio_to_trl-full', '7.2f'):>7}{cell('ratio_to_sdft', '7.2f'):>7}"
+              f"{row['peak_rss_mib']:>7.0f} MiB{cell('rss_ratio_to_sft', '6.2f'):>6}"
               f"   {phases}")
     floors = {p: floor_row(rows, p) for p in args.prompts}
     for prompts, floor in floors.items():

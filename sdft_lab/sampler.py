@@ -1,18 +1,18 @@
 """A lean sampler for llama-family models: what `generate()` does, in one readable loop.
 
-On-policy rollouts are most of an SDFT step, and `model.generate` spends much of
-its time outside the matmuls. This loop prefills the prompts once, keeps keys and
-values in a preallocated cache, and decodes one token per step through the same
-modules the model uses (norms, rotary embedding, projections, the LoRA adapter as
-peft applies it), so it samples the same tokens as `generate` for the same seed.
+On-policy rollouts are most of an SDFT step, and `model.generate` spends much of its time outside the
+matmuls. This loop prefills the prompts once, keeps keys and values in a preallocated cache, and decodes one
+token per step through the same modules the model uses (norms, rotary embedding, projections, the LoRA
+adapter as peft applies it), so it samples the same tokens as `generate` for the same seed.
 
-Two CPU speed-ups, each the same result up to float rounding. Decoding multiplies a few rows by each
-weight, and which of `x @ W.T` (what nn.Linear does) and `W @ x.T` is faster depends on the CPU's BLAS:
-on a 2-core AMD EPYC (AVX2, MKL) `W @ x.T` takes a third of the time at 4 rows, elsewhere it can lose. So
-the first decode at a batch size times both over the model's own weights and keeps the faster per weight
-shape (`measure_layouts`). And with a float32 base, each LoRA layer samples with a temporary merged
-weight W + s·B·A: one matmul instead of three, while the model's own weights stay untouched (the teacher
-is the base, bit for bit). bench/step_time.py measures both.
+On the CPU, each the same result up to float rounding: with a float32 base each LoRA layer samples with a
+temporary merged weight W + s·B·A (one matmul instead of three; the model's own weights stay untouched, so
+the teacher is the base bit for bit), and the layers that read one input are fused (q/k/v, gate/up: 3
+matmuls per layer instead of 7). Decoding multiplies a few rows by each weight, and which of `x @ W.T`
+(nn.Linear's) and `W @ x.T` is faster depends on the CPU's BLAS, so the first decode at a batch size times
+both over the model's own weights and keeps the faster per shape (`measure_layouts`). On CUDA the one-token
+step runs with fixed shapes (`StaticStep`), captured once as a CUDA graph and replayed per token.
+bench/step_time.py and bench/decode_ab.py measure them.
 """
 
 from __future__ import annotations

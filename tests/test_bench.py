@@ -44,3 +44,13 @@ def test_ratios_are_taken_within_each_round_and_summarised_with_their_spread():
     assert "peak RSS = 1.10 (1.10–1.10) (target <= 1.1): met" in lines[2]
     assert "floor = 0.50 (0.32–0.62)" in lines[3] and lines[3].endswith(": met")  # 4/6.4, 2/4, 1/3.1
     assert "weight-streaming floor = 3.00 (1.50–3.00) (target <= 3.0): met" in lines[4]
+
+
+def test_a_variant_of_sdft_is_compared_with_sdft_in_the_same_round():
+    """sdft-hf (rollouts by generate) against the default step, round by round: its step and its sampling.
+    Break it fails on (made once): the sampling ratio taken from the steps' times."""
+    runs = [run("sdft", 0, 4.0, sample_s=2.0), run("sdft-hf", 0, 6.0, sample_s=4.0),
+            run("sdft", 1, 2.0, sample_s=1.0), run("sdft-hf", 1, 3.5, sample_s=2.5)]
+    hf = {r["variant"]: r for r in step_time.combine(runs, ["sdft", "sdft-hf"], [4])}["sdft-hf"]
+    assert hf["ratio_to_sdft"] == 1.625 and hf["ratio_to_sdft_range"] == [1.5, 1.75]  # 6/4, 3.5/2
+    assert hf["sample_ratio_to_sdft"] == 2.25 and hf["sample_ratio_to_sdft_range"] == [2.0, 2.5]  # 4/2, 2.5/1
