@@ -180,19 +180,19 @@ def rollout_speed(model, tok, prompts: int, new_tokens: int, device: str) -> dic
     says whether the graph was captured; an engine that fails records its error instead of a speed."""
     from sdft_lab import sampler
     from sdft_lab.prompts import PromptConfig, left_pad, student_ids
-    from sdft_lab.rollout import eos_ids
 
     ids, mask = left_pad([student_ids(tok, ex, PromptConfig(max_prompt_tokens=1024)) for ex in examples(prompts)],
                          tok.pad_token_id)
-    ids, mask, eos, pad = ids.to(device), mask.to(device), eos_ids(model, tok), tok.pad_token_id
+    ids, mask, pad = ids.to(device), mask.to(device), tok.pad_token_id
     hf = dict(attention_mask=mask, do_sample=True, top_k=0, pad_token_id=pad)
-    engines = {"lean": lambda n: sampler.generate(model, ids, mask, n, 1.0, 1.0, eos, pad, static=True),
-               "lean_eager": lambda n: sampler.generate(model, ids, mask, n, 1.0, 1.0, eos, pad, static=False),
+    # every engine decodes n tokens per row: no EOS for the lean sampler, min_new_tokens for generate
+    engines = {"lean": lambda n: sampler.generate(model, ids, mask, n, 1.0, 1.0, [], pad, static=True),
+               "lean_eager": lambda n: sampler.generate(model, ids, mask, n, 1.0, 1.0, [], pad, static=False),
                "hf": lambda n: model.generate(input_ids=ids, max_new_tokens=n, min_new_tokens=n, **hf),
                # eager: transformers would compile the forward for a static cache, minutes for a 7B on the box
                "hf_static": lambda n: model.generate(input_ids=ids, max_new_tokens=n, min_new_tokens=n,
                                                      cache_implementation="static", disable_compile=True, **hf)}
-    speed = {}
+    speed, was_training = {}, model.training
     model.eval()
     for name, run in engines.items():
         try:
@@ -208,8 +208,15 @@ def rollout_speed(model, tok, prompts: int, new_tokens: int, device: str) -> dic
                 speed["lean_engine"] = y[1]
         except Exception as err:  # noqa: BLE001 - a figure per engine; one that fails is recorded, not fatal
             speed[f"{name}_error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
-    model.train()
+    model.train(was_training)
     return speed
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Whole or not at all: a check cut at its time limit while writing leaves the previous version."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)
 
 
 def sync(device: str) -> None:
@@ -270,16 +277,16 @@ def main(argv: list[str] | None = None) -> int:
         row = {"build_s": time.perf_counter() - t0, "settings": {**s, "max_new_tokens": tokens},
                "layers": check_layers(model), "by_prompts": {}}
         results["shapes"][shape] = row
-        path.write_text(json.dumps(results, indent=1))  # every figure kept as soon as it is measured
+        write_json(path, results)  # every figure kept as soon as it is measured
         for n in args.prompts or [s["batch_size"]]:
             r = row["by_prompts"][str(n)] = {}
             for method in ("sft", "sdft"):
                 r[method] = measure_steps(model, tok, method, n, tokens, args.steps, device)
-                path.write_text(json.dumps(results, indent=1))
+                write_json(path, results)
             sft, sdft = r["sft"], r["sdft"]
             r["sdft_over_sft"] = sdft["s_per_step"] / sft["s_per_step"]
             r.update(rollout_speed(model, tok, n, tokens, device))
-            path.write_text(json.dumps(results, indent=1))
+            write_json(path, results)
             vram = "" if sdft["peak_gib"] is None else f", peak {sdft['peak_gib']:.1f} GiB"
             print(f"{shape:>13} × {n:>2} prompts × {tokens} tokens, r {s['lora_r']}: SFT {sft['s_per_step']:.2f} s, "
                   f"SDFT {sdft['s_per_step']:.2f} s ({r['sdft_over_sft']:.1f}×; sample {sdft['sample_s']:.2f}, teacher "
@@ -291,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
     results["targets"] = [{"target": t, "met": met} for t, met in targets(results)]
-    path.write_text(json.dumps(results, indent=1))
+    write_json(path, results)
     for t in results["targets"]:
         print(f"target {'met' if t['met'] else 'NOT met'}: {t['target']}")
     print(f"wrote {path}")

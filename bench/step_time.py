@@ -146,7 +146,8 @@ def sdft_config(variant: str, new_tokens: int):
     divergence = {"sdft-reverse": DivergenceConfig(kind="reverse_kl"), "sdft-jsd": DivergenceConfig(kind="jsd"),
                   "sdft-topk": DivergenceConfig(top_k=TOP_K), "sdft-sampled": DivergenceConfig(kind="sampled")}
     return SDFTConfig(max_new_tokens=new_tokens, divergence=divergence.get(variant, DivergenceConfig()),
-                      engine="hf" if variant == "sdft-hf" else "auto",
+                      # what a user gets (auto: the engine it ran is recorded), but where a variant names a sampler
+                      engine={"sdft-hf": "hf", "sdft-unmerged": "lean"}.get(variant, "auto"),
                       rollouts_per_prompt=2 if variant == "sdft-k2" else 1)
 
 
@@ -186,6 +187,8 @@ def run_variant(variant: str, prompts: int, steps: int, new_tokens: int) -> dict
             times.append(record["step_s"])
             for p in PHASES:
                 phases[p].append(record.get(p, 0.0))
+            if "engine" in record:
+                extra["engine"] = record["engine"]
     timed = slice(1, None)  # the first step warms up allocators and caches
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     return {"variant": variant, "prompts": prompts, "median_s": statistics.median(times[timed]),
@@ -281,7 +284,7 @@ def main() -> None:
         runs = saved["runs"]
         args.prompts = sorted({x["prompts"] for x in runs})
         args.variants = list(dict.fromkeys(x["variant"] for x in runs))
-        return tables(runs, args, saved["meta"], args.tables)
+        return tables(runs, args, saved["meta"], None)
 
     from sdft_lab.report import machine
 
@@ -289,7 +292,8 @@ def main() -> None:
     print(f"machine: {the_machine['cpu']}, {the_machine['cores']} cores, torch threads {the_machine['torch_threads']}, "
           f"flags {' '.join(the_machine['cpu_flags']) or 'none of avx2 / avx512 / amx'}, BLAS {the_machine['blas']}",
           file=sys.stderr)
-    out = Path(__file__).parent / "results" / f"step_time_p{'-'.join(map(str, args.prompts))}.json"
+    chosen = "" if args.variants == list(VARIANTS) else "_" + "-".join(args.variants)  # runs of other variants kept
+    out = Path(__file__).parent / "results" / f"step_time_p{'-'.join(map(str, args.prompts))}{chosen}.json"
     out.parent.mkdir(exist_ok=True)
     meta = {"date": time.strftime("%Y-%m-%d"), "machine": the_machine, "new_tokens": args.new_tokens,
             "timed_steps": args.steps, "rounds": args.rounds}
@@ -305,12 +309,19 @@ def main() -> None:
                 runs.append({**json.loads(proc.stdout.strip().splitlines()[-1]), "round": r})
                 print(f"  round {r + 1}: {variant:<13} {prompts:>3} prompts  {runs[-1]['median_s']:6.2f} s/step",
                       file=sys.stderr)
-                out.write_text(json.dumps({"meta": meta, "partial": True, "runs": runs}, indent=1))  # kept as run
+                write_json(out, {"meta": meta, "partial": True, "runs": runs})  # every run kept as it finishes
     tables(runs, args, meta, out)
 
 
-def tables(runs: list[dict], args: argparse.Namespace, meta: dict, out: Path) -> None:
-    """Print the table, the floors and the targets from the runs, and write them all to `out`."""
+def write_json(path: Path, data: dict) -> None:
+    """Whole or not at all: a run cut while writing leaves the previous version."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)
+
+
+def tables(runs: list[dict], args: argparse.Namespace, meta: dict, out: Path | None) -> None:
+    """Print the table, the floors and the targets from the runs, and write them all to `out` (if given)."""
     m = meta["machine"]
     print(f"{meta['date']}, {m['cpu']}, {m['cores']} cores, torch threads {m['torch_threads']}, {meta['rounds']} rounds")
     rows = combine(runs, args.variants, args.prompts)
@@ -338,8 +349,9 @@ def tables(runs: list[dict], args: argparse.Namespace, meta: dict, out: Path) ->
     targets = check_targets(rows, floors)
     for line in targets:
         print(line)
-    out.write_text(json.dumps({"meta": meta, "rows": rows, "floors": floors, "runs": runs}, indent=1))
-    print(f"\nwritten to {out}")
+    if out is not None:
+        write_json(out, {"meta": meta, "rows": rows, "floors": floors, "runs": runs})
+        print(f"\nwritten to {out}")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ class Preset:
     batch_size: int  # prompts per step
     max_new_tokens: int
     lr: float
-    measured_vram_gib: float | None = None  # peak allocated in make gpu-check, where it ran this shape …
+    # make gpu-check's peak allocated where it ran this shape, + CUDA_CONTEXT_GIB as the estimate counts it …
+    measured_vram_gib: float | None = None
     measured_on: str = ""  # … with its date and GPU, e.g. "2027-01-05, H200"
     note: str = field(default="")
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from .config import RunConfig
+from .models import StudentConfig
 from .presets import PRESETS
 from .prompts import TEMPLATES, PromptConfig
 from .sdft import SDFTConfig
@@ -32,15 +33,16 @@ def workshop_knowledge(steps: int = 24, model: str = "bundled") -> tuple[RunConf
     """(SDFT, SFT) for injecting invented facts: both train on the same questions (4 per step) for the same
     steps, with the same short-answer system prompt, at learning rates where they forget about as much.
 
-    model: with a preset (a GPU), the paper's SDFT defaults at the preset's learning rate, batch and rollout
-    length for both methods: no frontier has been measured for it, and the bundled model's learning rates
+    model: with a preset (a GPU), the paper's SDFT defaults at the preset's learning rate, batch, rollout
+    length and LoRA rank for both methods: no frontier has been measured for it, and the bundled model's learning rates
     are 20–60 times a 7B model's."""
     preset = PRESETS.get(model)
     if preset is not None:
         train = TrainConfig(steps=steps, batch_size=preset.batch_size, lr=preset.lr, preflight=False)
-        return (RunConfig(model=model, method="sdft", data="knowledge", train=train,
+        student = StudentConfig(r=preset.lora_r, alpha=2 * preset.lora_r)
+        return (RunConfig(model=model, method="sdft", data="knowledge", train=train, student=student,
                           sdft=SDFTConfig(max_new_tokens=preset.max_new_tokens)),
-                RunConfig(model=model, method="sft", data="knowledge", train=train))
+                RunConfig(model=model, method="sft", data="knowledge", train=train, student=student))
     prompts = PromptConfig(teacher_template=TEMPLATES["context-first"], system=SHORT_ANSWER)
     train = TrainConfig(steps=steps, batch_size=4, lr=SDFT_LR, preflight=False)
     sdft = RunConfig(method="sdft", data="knowledge", train=train,

@@ -119,6 +119,9 @@ def load(run_dir: str | Path) -> tuple[dict, list[dict], dict | None]:
     metrics = [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines() if line.strip()] \
         if (run_dir / METRICS_FILE).is_file() else []
     results = json.loads((run_dir / RESULTS_FILE).read_text()) if (run_dir / RESULTS_FILE).is_file() else None
+    for record in metrics:  # runs written before 0.3 named the GiB figures *_gb
+        for old in [k for k in record if k.endswith("_peak_gb")]:
+            record[old[:-3] + "_gib"] = record.pop(old)
     return run, metrics, results
 
 

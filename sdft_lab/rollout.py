@@ -114,7 +114,7 @@ def sample(
     was_training = model.training
     model.eval()
     try:
-        # auto on a GPU: generate(), until make gpu-check has measured the lean sampler's CUDA graph there
+        # auto on a GPU: generate(); the lean sampler's CUDA graph has not run on a GPU yet (make gpu-check times it)
         lean = engine == "lean" or (engine == "auto" and sampler.supported(model) and device.type == "cpu"
                                     and faster_engine(model, ids, mask, eos, tokenizer.pad_token_id) == "lean")
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -137,18 +137,21 @@ def sample(
 ENGINE_MARGIN = 0.9  # generate() must take under 90 % of the lean sampler's time to be chosen
 TIMED_TOKENS = 12
 clock = time.perf_counter  # faster_engine's timer
+CHOSEN: dict[str, str] = {}  # this process's choices
 
 
 def faster_engine(model, ids: torch.Tensor, mask: torch.Tensor, eos: list[int], pad_id: int) -> str:
     """The engine engine="auto" uses on the CPU: the first time for a model shape and batch size on a machine,
-    both decode TIMED_TOKENS tokens of this batch (after a warm-up) and the faster is kept, in the cache
-    folder's engines.json, so that every later run on the machine picks alike without timing again. The
-    random stream is left as it was. SDFT_LAB_ENGINE=lean or =hf pins one."""
+    both decode TIMED_TOKENS tokens of this batch (after a warm-up), and the faster per token is kept in the
+    process and in the cache folder's engines.json, so that every later run on the machine picks alike
+    without timing again. The random stream is left as it was. SDFT_LAB_ENGINE=lean or =hf pins one."""
     if pin := os.environ.get("SDFT_LAB_ENGINE"):
         return pin
     cfg = model.config
     key = (f"{cfg.model_type} {cfg.hidden_size}x{cfg.num_hidden_layers} {next(model.parameters()).dtype} "
            f"{len(ids)} rows")
+    if key in CHOSEN:  # decided once per process: another process's later timing does not switch this run
+        return CHOSEN[key]
     path = cache_root() / "engines.json"
     try:
         saved = json.loads(path.read_text())
@@ -156,16 +159,16 @@ def faster_engine(model, ids: torch.Tensor, mask: torch.Tensor, eos: list[int], 
         saved = {}
     here = saved.setdefault(sampler.machine_key(), {})
     if key not in here:
-        run = {"lean": lambda n: sampler.generate(model, ids, mask, n, 1.0, 1.0, eos, pad_id),
+        run = {"lean": lambda n: sampler.generate(model, ids, mask, n, 1.0, 1.0, eos, pad_id)[0],
                "hf": lambda n: generate_clean(model, ids, mask, n, 1.0, 1.0, eos, pad_id)}
-        seconds = {}
+        per_token = {}
         with torch.random.fork_rng(), torch.no_grad():
             for name, decode in run.items():
                 decode(2)  # warm-up: the lean sampler measures its matmul layouts here
                 t = clock()
-                decode(TIMED_TOKENS)
-                seconds[name] = clock() - t
-        here[key] = "hf" if seconds["hf"] < ENGINE_MARGIN * seconds["lean"] else "lean"
+                steps = decode(TIMED_TOKENS).shape[1]  # fewer when every row ends early
+                per_token[name] = (clock() - t) / steps
+        here[key] = "hf" if per_token["hf"] < ENGINE_MARGIN * per_token["lean"] else "lean"
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".{os.getpid()}.tmp")
@@ -173,7 +176,8 @@ def faster_engine(model, ids: torch.Tensor, mask: torch.Tensor, eos: list[int], 
             tmp.replace(path)  # whole or not at all, whatever runs beside it
         except OSError:
             pass  # a read-only home: timed again by the next process
-    return here[key]
+    CHOSEN[key] = here[key]
+    return CHOSEN[key]
 
 
 def generate_clean(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, temperature: float,

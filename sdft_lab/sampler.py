@@ -7,11 +7,11 @@ adapter as peft applies it), so it samples the same tokens as `generate` for the
 
 On the CPU, each the same result up to float rounding: with a float32 base each LoRA layer samples with a
 temporary merged weight W + s·B·A (one matmul instead of three; the model's own weights stay untouched, so
-the teacher is the base bit for bit), and the layers that read one input are fused (q/k/v, gate/up: 3
+the teacher is the base bit for bit), and the layers that read one input are fused (q/k/v, gate/up: 4
 matmuls per layer instead of 7). Decoding multiplies a few rows by each weight, and which of `x @ W.T`
 (nn.Linear's) and `W @ x.T` is faster depends on the CPU's BLAS, so the first decode at a batch size times
 both over the model's own weights and keeps the faster per shape (`measure_layouts`). On CUDA the one-token
-step runs with fixed shapes (`StaticStep`), captured once as a CUDA graph and replayed per token.
+step runs with fixed shapes (`StaticStep`), captured as a CUDA graph once per rollout and replayed per token.
 bench/step_time.py and bench/decode_ab.py measure them.
 """
 
@@ -55,7 +55,7 @@ def merged_weights(model) -> dict:
     """Each active LoRA layer → W + Σ s·B·A, as new tensors: the model itself is not touched.
 
     Layers that read the same input are folded into one weight, keyed by their parent: self_attn → (W_qkv, b)
-    and mlp → (W_gate_up, b), so a decode step runs 3 matmuls per layer where nn.Linear runs 7 (fewer, wider
+    and mlp → (W_gate_up, b), so a decode step runs 4 matmuls per layer where nn.Linear runs 7 (fewer, wider
     GEMMs; the concatenation is the copy the merge makes anyway). Other layers map to their merged weight.
     Only for float32 bases on the CPU, where one matmul per layer instead of three is what pays and the
     copies (≈ the base's linear weights) live only while sampling. Elsewhere {}: the adapter path.
@@ -78,8 +78,10 @@ def merged_weights(model) -> dict:
         for parent_name, names in FUSED.items():
             parent = getattr(layer, parent_name)
             parts = [getattr(parent, n) for n in names]
+            if not all(m in todo for m in parts):  # a layer LoRA does not cover keeps its own weight
+                continue
             biases = [m.base_layer.bias for m in parts]
-            if not all(m in todo for m in parts) or len({b is None for b in biases}) > 1:
+            if len({b is None for b in biases}) > 1:
                 continue
             w = parts[0].base_layer.weight.new_empty(sum(m.base_layer.out_features for m in parts),
                                                      parts[0].base_layer.in_features)
@@ -298,25 +300,25 @@ class StaticStep:
     """One decode step with fixed shapes: inputs copied into buffers it owns, then `run` over those buffers.
 
     The tensors a step reads (the token's embedding, its position, its cache column, the mask over every
-    column) keep their shape and address from token to token, which is what a CUDA graph needs: on CUDA the
-    step is captured once and replayed per token, one launch instead of ~15 per layer (the eager loop is
-    launch-bound there whatever the model's size). Elsewhere, or if capture fails (a quantised kernel that
-    syncs with the host), `run` is called eagerly over the same buffers, which is how the CPU tests it.
-    """
+    column) keep their shape and address from token to token, as a CUDA graph needs: on CUDA the step is
+    captured once per rollout and replayed per token, one launch instead of ~15 per layer (the eager loop is
+    launch-bound there). Elsewhere, or if capture fails (a kernel that syncs with the host), `run` is called
+    eagerly over the same buffers, which is how the CPU tests it."""
 
     def __init__(self, run, *inputs: torch.Tensor, capture: bool):
         self.run, self.inputs, self.graph, self.how = run, [t.clone() for t in inputs], None, "static"
         if capture:
             try:
-                side = torch.cuda.Stream()
-                side.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(side):  # warm-up off the capture: kernels chosen, workspaces allocated
-                    for _ in range(2):
-                        run(*self.inputs)  # writes this token's keys and values: the same ones each time
-                torch.cuda.current_stream().wait_stream(side)
-                self.graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(self.graph):
-                    self.output = run(*self.inputs)
+                with torch.cuda.device(self.inputs[0].device):
+                    side = torch.cuda.Stream()
+                    side.wait_stream(torch.cuda.current_stream())
+                    with torch.cuda.stream(side):  # warm-up off the capture: kernels chosen, workspaces allocated
+                        for _ in range(2):
+                            run(*self.inputs)  # writes this token's keys and values: the same ones each time
+                    torch.cuda.current_stream().wait_stream(side)
+                    self.graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(self.graph):
+                        self.output = run(*self.inputs)
                 self.how = "CUDA graph"
             except RuntimeError as err:  # keep sampling, eagerly, and say why in the engine's name
                 self.graph, self.how = None, f"static, not captured: {str(err).splitlines()[0][:80]}"
@@ -364,7 +366,7 @@ def generate(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, 
     valid = torch.zeros(B, P + max_new_tokens, dtype=torch.bool, device=ids.device)
     valid[:, :P] = mask.bool()
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    eos_t = torch.tensor(eos, device=ids.device)
+    eos_t = torch.tensor(eos, dtype=torch.long, device=ids.device)
     done = torch.zeros(B, dtype=torch.bool, device=ids.device)
 
     def logits(x, positions, start, attend) -> torch.Tensor:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import Example
-from .losses import divergence
+from .losses import divergence_logp
 from .models import lm_head
 from .rollout import Completions
 from .sdft import SDFT, SDFTConfig
@@ -80,14 +80,13 @@ def token_diffs(
     for b, ex in enumerate(examples):  # one row at a time: [length, vocab] fp32, not [batch, length, vocab]
         n = int(completions.mask[b].sum())
         token_ids = completions.ids[b, :n].tolist()
-        t_logits = head(scored.teacher_hidden[b:b + 1, :n]).float() / cfg.temperature
-        s_logits = head(scored.student_hidden[b:b + 1, :n]).float() / cfg.temperature
-        ids = completions.ids[b:b + 1, :n].to(t_logits.device)
-        per_token = divergence(t_logits, s_logits, cfg.divergence, ids)[0]  # every token, the skipped ones too
-        t_logp, s_logp = F.log_softmax(t_logits[0], -1), F.log_softmax(s_logits[0], -1)
-        del t_logits, s_logits
-        t_y = t_logp.gather(-1, ids[0].unsqueeze(-1)).squeeze(-1)
-        s_y = s_logp.gather(-1, ids[0].unsqueeze(-1)).squeeze(-1)
+        # each side normalised once (upcast, then the temperature), as the loss does
+        t_logp = F.log_softmax(head(scored.teacher_hidden[b, :n]).float() / cfg.temperature, -1)
+        s_logp = F.log_softmax(head(scored.student_hidden[b, :n]).float() / cfg.temperature, -1)
+        ids = completions.ids[b, :n].to(t_logp.device)
+        per_token = divergence_logp(t_logp, s_logp, cfg.divergence, ids)  # every token, the skipped ones too
+        t_y = t_logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+        s_y = s_logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
         rank = (t_logp > t_y.unsqueeze(-1)).sum(-1) + 1
         t_top, s_top = t_logp.topk(k, -1), s_logp.topk(k, -1)
         diffs.append(TokenDiff(

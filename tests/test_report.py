@@ -80,7 +80,12 @@ def test_memory_is_each_steps_own_peak_and_in_the_report(tiny, demo, tmp_path):
     trainer = Trainer(model, tok, sft, demo[:2], TrainConfig(steps=3, batch_size=2, run_dir=str(tmp_path)))
     peaks = [r["rss_peak_gib"] for r in trainer.train()]
     assert peaks[1] - peaks[0] > 0.8 and peaks[1] - peaks[2] > 0.8, peaks
-    assert "rss peak" in (tmp_path / "report.md").read_text()
+    assert f"| rss peak | {max(peaks):.2f} GiB |" in (tmp_path / "report.md").read_text()
+    # a run written before the figures were named *_gib: rebuilt, its memory is still there (and not 0.00)
+    old = (tmp_path / "metrics.jsonl").read_text().replace('"rss_peak_gib"', '"rss_peak_gb"')
+    (tmp_path / "metrics.jsonl").write_text(old)
+    cli(["report", str(tmp_path)])
+    assert f"| rss peak | {max(peaks):.2f} GiB |" in (tmp_path / "report.md").read_text()
 
 
 def test_the_report_is_rebuilt_from_the_saved_files_and_escapes_model_text(tiny, demo, tmp_path):

@@ -228,11 +228,13 @@ def test_sampling_uses_merged_weights_and_leaves_the_model_untouched(tokenizer, 
 def test_auto_takes_the_engine_timed_faster_here_and_keeps_the_choice(tokenizer, demo, monkeypatch, tmp_path):
     """engine="auto" on the CPU: both samplers decode the batch once (a fake clock: generate takes half the lean
     sampler's time here), the faster samples, and the choice is saved per machine, model shape and batch size.
-    Breaks it fails on (each made once): the comparison reversed, and the choice not saved (timed again)."""
+    Breaks it fails on (each made once): the comparison reversed, the choice not saved (timed again in a new
+    process), and the choice not kept in the process (switched by another process's file)."""
     from sdft_lab import rollout
 
     monkeypatch.delenv("SDFT_LAB_ENGINE", raising=False)
     monkeypatch.setenv("SDFT_LAB_CACHE", str(tmp_path))
+    monkeypatch.setattr(rollout, "CHOSEN", {})
     now, calls = [0.0], []
     monkeypatch.setattr(rollout, "clock", lambda: now[0])
     for module, name, cost in ((sampler, "generate", 1.0), (rollout, "generate_clean", 0.5)):
@@ -245,10 +247,14 @@ def test_auto_takes_the_engine_timed_faster_here_and_keeps_the_choice(tokenizer,
     first = sample(model, tokenizer, ps, 6, seed=0)
     assert first.engine == "hf" and calls == ["generate", "generate", "generate_clean", "generate_clean",
                                               "generate_clean"]  # warm-up and timed run of each, then sampling
-    saved = json.loads((tmp_path / "engines.json").read_text())[sampler.machine_key()]
-    assert list(saved.values()) == ["hf"] and list(saved)[0].endswith("3 rows")
+    path = tmp_path / "engines.json"
+    saved = json.loads(path.read_text())
+    assert list(saved[sampler.machine_key()].values()) == ["hf"] and list(saved[sampler.machine_key()])[0].endswith("3 rows")
+    rollout.CHOSEN.clear()  # a new process: the file's choice, not timed again
     again = sample(model, tokenizer, ps, 6, seed=0)
-    assert calls[5:] == ["generate_clean"] and torch.equal(again.ids, first.ids)  # chosen once, not timed again
-    assert sample(model, tokenizer, ps[:2], 6, seed=0).engine == "hf" and len(calls) == 11  # 2 rows: timed anew
+    assert calls[5:] == ["generate_clean"] and torch.equal(again.ids, first.ids)
+    path.write_text(json.dumps({sampler.machine_key(): {k: "lean" for k in saved[sampler.machine_key()]}}))
+    assert sample(model, tokenizer, ps, 6, seed=0).engine == "hf"  # within a process the choice holds
+    assert sample(model, tokenizer, ps[:2], 6, seed=0).engine == "hf" and len(calls) == 12  # 2 rows: timed anew
     monkeypatch.setenv("SDFT_LAB_ENGINE", "lean")
     assert sample(model, tokenizer, ps, 6, seed=0).engine.startswith("lean")  # a pin wins over the timing
