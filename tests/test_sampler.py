@@ -258,3 +258,19 @@ def test_auto_takes_the_engine_timed_faster_here_and_keeps_the_choice(tokenizer,
     assert sample(model, tokenizer, ps[:2], 6, seed=0).engine == "hf" and len(calls) == 12  # 2 rows: timed anew
     monkeypatch.setenv("SDFT_LAB_ENGINE", "lean")
     assert sample(model, tokenizer, ps, 6, seed=0).engine.startswith("lean")  # a pin wins over the timing
+
+
+def test_an_adapter_on_some_projections_only_samples_like_generate(tokenizer, demo):
+    """LoRA on q and v only: k, o and the MLP keep their own weights, nothing is fused where a part is not
+    LoRA's. Break it fails on (the code before this test): merged_weights reading `base_layer` of a plain
+    nn.Linear (AttributeError on every rollout)."""
+    from sdft_lab import StudentConfig
+
+    model = add_student(tiny_llama(tokenizer), StudentConfig(target_modules=["q_proj", "v_proj"]))
+    torch.manual_seed(1)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.3)
+    merged = sampler.merged_weights(model)
+    assert len(merged) == 4 and all(hasattr(m, "lora_A") for m in merged)  # q and v of 2 layers, not fused
+    same_tokens(model, tokenizer, prompts(tokenizer, demo), **SETTINGS[0])
