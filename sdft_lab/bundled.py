@@ -38,6 +38,26 @@ def cache_root() -> Path:
     return Path(os.environ.get("SDFT_LAB_CACHE", Path.home() / ".cache" / "sdft_lab"))
 
 
+def read_cache(name: str) -> dict:
+    """A JSON file of measurements in the cache folder ({} when absent or unreadable)."""
+    try:
+        return json.loads((cache_root() / name).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def write_cache(name: str, data: dict) -> None:
+    """Whole or not at all, whatever runs beside it; a read-only home keeps nothing (measured again later)."""
+    path = cache_root() / name
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        tmp.replace(path)
+    except OSError:
+        pass
+
+
 def cache_key(gguf: Path) -> str:
     import transformers
 

@@ -8,7 +8,6 @@ token, so that logits can be made chunk by chunk (see losses.py).
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import sampler
-from .bundled import cache_root
+from .bundled import read_cache, write_cache
 from .losses import chunked_token_logp, sequence_means
 from .models import decoder, lm_head
 from .prompts import left_pad
@@ -138,6 +137,7 @@ ENGINE_MARGIN = 0.9  # generate() must take under 90 % of the lean sampler's tim
 TIMED_TOKENS = 12
 clock = time.perf_counter  # faster_engine's timer
 CHOSEN: dict[str, str] = {}  # this process's choices
+ENGINES_FILE = "engines.json"  # in the cache folder
 
 
 def faster_engine(model, ids: torch.Tensor, mask: torch.Tensor, eos: list[int], pad_id: int) -> str:
@@ -152,11 +152,7 @@ def faster_engine(model, ids: torch.Tensor, mask: torch.Tensor, eos: list[int], 
            f"{len(ids)} rows")
     if key in CHOSEN:  # decided once per process: another process's later timing does not switch this run
         return CHOSEN[key]
-    path = cache_root() / "engines.json"
-    try:
-        saved = json.loads(path.read_text())
-    except (OSError, ValueError):
-        saved = {}
+    saved = read_cache(ENGINES_FILE)
     here = saved.setdefault(sampler.machine_key(), {})
     if key not in here:
         run = {"lean": lambda n: sampler.generate(model, ids, mask, n, 1.0, 1.0, eos, pad_id)[0],
@@ -169,13 +165,7 @@ def faster_engine(model, ids: torch.Tensor, mask: torch.Tensor, eos: list[int], 
                 steps = decode(TIMED_TOKENS).shape[1]  # fewer when every row ends early
                 per_token[name] = (clock() - t) / steps
         here[key] = "hf" if per_token["hf"] < ENGINE_MARGIN * per_token["lean"] else "lean"
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(saved, indent=1, sort_keys=True))
-            tmp.replace(path)  # whole or not at all, whatever runs beside it
-        except OSError:
-            pass  # a read-only home: timed again by the next process
+        write_cache(ENGINES_FILE, saved)
     CHOSEN[key] = here[key]
     return CHOSEN[key]
 

@@ -17,7 +17,6 @@ bench/step_time.py and bench/decode_ab.py measure them.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import re
@@ -28,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .bundled import cache_root
+from .bundled import read_cache, write_cache
 from .models import decoder
 
 SUPPORTED = ("llama", "mistral", "qwen2")  # pre-norm, rotary, GQA, gated MLP, no extra norms
@@ -143,19 +142,11 @@ def machine_key() -> str:
     return f"{cpu}; torch {torch.__version__}; {torch.get_num_threads()} threads"
 
 
-def layouts_file() -> Path:
-    return cache_root() / "matmul_layouts.json"
+LAYOUTS_FILE = "matmul_layouts.json"  # in the cache folder
 
 
 def _name(key: tuple) -> str:
     return f"{'x'.join(map(str, key[0]))} {str(key[1]).removeprefix('torch.')} {key[2]} rows"
-
-
-def _saved() -> dict:
-    try:
-        return json.loads(layouts_file().read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def product(weight: torch.Tensor, rows: torch.Tensor, transposed: bool) -> torch.Tensor:
@@ -200,7 +191,7 @@ def measure_layouts(weights: list[torch.Tensor], rows: int) -> None:
             groups.setdefault(key, []).append(w)
     if not groups:  # every later rollout at this batch size: nothing to read or time
         return
-    saved = _saved()
+    saved = read_cache(LAYOUTS_FILE)
     here = saved.setdefault(machine_key(), {})
     new = False
     for key, ws in groups.items():
@@ -220,13 +211,7 @@ def measure_layouts(weights: list[torch.Tensor], rows: int) -> None:
         TRANSPOSED[key] = here[_name(key)] = best[True] < MARGIN * best[False]
         new = True
     if new:
-        try:
-            layouts_file().parent.mkdir(parents=True, exist_ok=True)
-            tmp = layouts_file().with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(saved, indent=1, sort_keys=True))
-            tmp.replace(layouts_file())  # whole or not at all, whatever runs beside it
-        except OSError:
-            pass  # a read-only home: measured again by the next process
+        write_cache(LAYOUTS_FILE, saved)
 
 
 def layouts(rows: int) -> str:

@@ -161,15 +161,15 @@ def test_layouts_are_measured_once_per_machine_shape_and_rows_without_touching_t
     sampler.measure_layouts(weights, sampler.MEASURED_ROWS + 1)  # compute-bound: not measured, x @ W.T
     assert len(sampler.TRANSPOSED) == 2
     # the next process on this machine reads the choice instead of measuring again (the same rounding)
-    saved = json.loads(sampler.layouts_file().read_text())[sampler.machine_key()]
+    saved = json.loads((tmp_path / sampler.LAYOUTS_FILE).read_text())[sampler.machine_key()]
     saved = {k: not v for k, v in saved.items()}  # flipped: proves it is read, not remeasured
-    sampler.layouts_file().write_text(json.dumps({sampler.machine_key(): saved}))
+    (tmp_path / sampler.LAYOUTS_FILE).write_text(json.dumps({sampler.machine_key(): saved}))
     monkeypatch.setattr(sampler, "TRANSPOSED", {})
     sampler.measure_layouts(weights, 2)
     assert sampler.TRANSPOSED == {k: not v for k, v in measured.items()}
     # once every shape at this batch size is known, a rollout neither reads the file nor times anything
     # (break it fails on, made once: the early return `if not groups` removed)
-    with mock.patch.object(sampler, "_saved", side_effect=AssertionError("the layouts file was read again")), \
+    with mock.patch.object(sampler, "read_cache", side_effect=AssertionError("the layouts file was read again")), \
             mock.patch.object(sampler, "product", side_effect=AssertionError("a layout was timed again")):
         sampler.measure_layouts(weights, 2)
     assert sampler.layouts(2) == f"W·xᵀ {sum(sampler.TRANSPOSED.values())}/2" and sampler.layouts(3) == "x·Wᵀ"
