@@ -7,6 +7,10 @@ signs of it (sdft.metrics): `rollout_len`, `distinct2` (distinct bigrams over al
 rollouts) and `entropy` (the student's mean per-token entropy on them). The watch compares the mean of the
 last `window` steps with the mean of the first `window`, and warns once per metric when it has fallen below
 `floor` times that start: by default, below half. Short runs (under 2 windows) are not judged.
+
+The signs must come from the student's own rollouts. Guided rows (sdft.py) are written with the demonstration
+in the prompt, so a run with any guided share samples a few extra rollouts from the bare question per step
+(`watch`), never trained on, and its signs are read from those.
 """
 
 from __future__ import annotations
@@ -15,7 +19,41 @@ import statistics
 import warnings
 from dataclasses import dataclass, field
 
+import torch
+
+from .data import Example
+from .losses import chunked_entropy, loss_mask, masked_mean
+from .models import lm_head
+from .prompts import student_ids
+from .rollout import Completions, completion_hidden, sample
+
 WATCHED = ("rollout_len", "distinct2", "entropy")
+
+
+def distinct2(completions: Completions) -> float:
+    """Distinct bigrams over all bigrams of the rollouts: falls towards 0 as rollouts start repeating."""
+    grams = [tuple(row[i:i + 2]) for row in (ids[:n] for ids, n in zip(completions.ids.tolist(),
+                                                                        completions.lengths.tolist()))
+             for i in range(len(row) - 1)]
+    return len(set(grams)) / len(grams) if grams else 1.0
+
+
+WATCH_SEED = 7_777_777  # added to the step's seed: the watch's rollouts are drawn apart from the trained ones
+
+
+@torch.no_grad()
+def watch(model, tokenizer, examples: list[Example], cfg, seed: int | None = None) -> dict:
+    """The collapse watch's signs on bare rollouts: the student answering the bare question, as it must after
+    training. Sampled after the step's own rows (whose dropout masks are already drawn), so they change no
+    gradient, and never trained on."""
+    prompts = [student_ids(tokenizer, ex, cfg.prompts) for ex in examples]
+    y = sample(model, tokenizer, prompts, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
+               None if seed is None else seed + WATCH_SEED, cfg.engine)
+    eligible = loss_mask(y.mask, cfg.skip_first).to(next(model.parameters()).device)
+    entropy = chunked_entropy(completion_hidden(model, prompts, y), lm_head(model), eligible,
+                              cfg.divergence.chunk_tokens, cfg.temperature)
+    return {"entropy": masked_mean(entropy, eligible).item(), "rollout_len": y.lengths.float().mean().item(),
+            "distinct2": distinct2(y), "watch_rows": len(examples)}
 
 
 @dataclass

@@ -204,6 +204,18 @@ def chunked_token_logp(hidden: torch.Tensor, head: nn.Module, tokens: torch.Tens
     return scatter(mask, torch.cat(parts) if parts else None, hidden)
 
 
+@torch.no_grad()
+def chunked_entropy(hidden: torch.Tensor, head: nn.Module, mask: torch.Tensor, chunk_tokens: int = 256,
+                    temperature: float = 1.0) -> torch.Tensor:
+    """Entropy [B, T] of the distribution at each masked-in token (0 elsewhere), chunked as above."""
+    def chunk(h):
+        logp = F.log_softmax(head(h).float() / temperature, -1)
+        return -(logp.exp() * logp).sum(-1)
+
+    parts = over_chunks(chunk, mask, chunk_tokens, hidden)
+    return scatter(mask, torch.cat(parts) if parts else None, hidden)
+
+
 def loss_mask(completion_mask: torch.Tensor, skip_first: int) -> torch.Tensor:
     """Completion mask with the first `skip_first` tokens of each sequence left out of the loss."""
     keep = completion_mask.clone()

@@ -21,6 +21,11 @@ scored by the student from the bare question, so the gradient teaches answering 
 `evidence_mask`, the loss keeps only the tokens the demonstration makes more likely, log p_T(y) > log p_S(y):
 the tokens where the context is evidence for what was written.
 
+Guided rows are not the student's own, so the collapse watch (collapse.py) cannot read them: with any guided
+share, `watch_rows` rollouts per step are sampled from the bare question, never trained on, and the watch's
+signs (entropy, rollout length, distinct bigrams) come from those. `sft_weight` adds the cross-entropy on the
+demonstration (sft.py) beside the divergence: a lever for facts the student never writes by itself.
+
 There is no reward model: the teacher's in-context behaviour is the target.
 """
 
@@ -35,10 +40,12 @@ import torch
 
 from .data import Example
 from .memory import clock
+from .collapse import distinct2, watch
 from .losses import DivergenceConfig, chunked_token_losses, loss_mask, masked_mean, sequence_means
 from .models import TEACHER_KINDS, add_ema_teacher, ema_update, lm_head, teacher_view
 from .prompts import PromptConfig, student_ids, teacher_ids
 from .rollout import Completions, completion_hidden, sample
+from .sft import SFT, SFTConfig
 
 
 @dataclass
@@ -51,6 +58,8 @@ class SDFTConfig:
     rollouts_per_prompt: int = 1  # k rollouts of each question per step, all in one batch; the paper's is 1
     guided: float = 0.0  # share of rows the student samples with the demonstration in its prompt (EDGE-OPD)
     evidence_mask: bool = False  # the loss keeps only tokens with log p_T(y) > log p_S(y)
+    watch_rows: int = 2  # with guided > 0: bare rollouts per step for the collapse watch, not trained on
+    sft_weight: float = 0.0  # weight of a cross-entropy term on the demonstration beside the divergence
     teacher: str = "base"  # "base" (adapter off), "ema" (EMA adapter) or "live" (collapses)
     ema_rate: float = 0.01  # r in θ_T ← (1−r)·θ_T + r·θ_S, the paper's value
     divergence: DivergenceConfig = field(default_factory=DivergenceConfig)
@@ -69,6 +78,15 @@ class SDFTConfig:
             raise ValueError(f"rollouts_per_prompt must be ≥ 1, got {self.rollouts_per_prompt}")
         if not 0 <= self.guided <= 1:
             raise ValueError(f"guided is the share of guided rows and must lie in [0, 1], got {self.guided}")
+        if self.guided > 0 and self.divergence.kind == "sampled":
+            raise ValueError("divergence.kind='sampled' estimates the KL from tokens drawn from the student's own "
+                             "distribution p_S(y | x); guided rows are drawn from p_S(y | x, demonstration), so the "
+                             "estimate would be biased. Use guided=0 with 'sampled', or a full-vocabulary divergence "
+                             "('forward_kl', 'reverse_kl', 'jsd') with guided rows.")
+        if self.watch_rows < 0:
+            raise ValueError(f"watch_rows must be ≥ 0 (0: no bare rollouts for the collapse watch), got {self.watch_rows}")
+        if self.sft_weight < 0:
+            raise ValueError(f"sft_weight must be ≥ 0, got {self.sft_weight}")
         if self.teacher not in TEACHER_KINDS:
             raise ValueError(f"teacher must be one of {TEACHER_KINDS}, got {self.teacher!r}")
         if not 0 < self.ema_rate <= 1:
@@ -98,6 +116,7 @@ class SDFT:
 
     def __init__(self, cfg: SDFTConfig | None = None):
         self.cfg = cfg or SDFTConfig()
+        self.sft = SFT(SFTConfig(prompts=self.cfg.prompts))  # the optional cross-entropy term (sft_weight)
 
     def setup(self, model) -> None:
         k, vocab = self.cfg.divergence.top_k, model.config.vocab_size
@@ -152,7 +171,14 @@ class SDFT:
         scored = self.score(model, tokenizer, [ex for ex in examples for _ in range(k)], seed)
         # 5. mean over each sequence's tokens, then over sequences (all k rollouts of every question)
         loss = masked_mean(scored.per_token, scored.mask)
-        return loss, metrics(scored)
+        out = metrics(scored)
+        if self.cfg.sft_weight:  # the expert's tokens too, off-policy, beside the on-policy divergence
+            ce, _ = self.sft.loss(model, tokenizer, examples)
+            loss = loss + self.cfg.sft_weight * ce
+            out["sft_ce"] = ce.item()
+        if any(scored.guided) and self.cfg.watch_rows:  # the rows above are not all the student's own
+            out.update(watch(model, tokenizer, examples[: self.cfg.watch_rows], self.cfg, seed))
+        return loss, out
 
     def after_optimizer_step(self, model) -> None:
         if self.cfg.teacher == "ema":
@@ -169,29 +195,18 @@ def guided_rows(n: int, share: float, seed: int | None = None) -> list[bool]:
     return rows
 
 
-def distinct2(completions: Completions) -> float:
-    """Distinct bigrams over all bigrams of the rollouts: falls towards 0 as rollouts start repeating."""
-    grams = [tuple(row[i:i + 2]) for row in (ids[:n] for ids, n in zip(completions.ids.tolist(),
-                                                                        completions.lengths.tolist()))
-             for i in range(len(row) - 1)]
-    return len(set(grams)) / len(grams) if grams else 1.0
-
-
 def metrics(scored: Scored) -> dict:
+    """The step's figures. The collapse watch's signs (entropy, rollout_len, distinct2) only when every row is
+    the student's own; with guided rows they come from `watch`'s bare rollouts instead."""
     s, m, y = scored.stats, scored.eligible, scored.completions
     kept = scored.mask.sum() / m.sum().clamp(min=1)
-    # the collapse watch's signs are the student's own rollouts: the unguided rows, where there are any
-    own = torch.tensor([not g for g in scored.guided])
-    if not own.any():  # every row guided: watch them all
-        own = ~own
-    mine = Completions(y.ids[own], y.mask[own], [])
-    own = own.to(m.device)
+    own = {} if any(scored.guided) else {
+        "entropy": masked_mean(s["entropy"], m).item(), "rollout_len": y.lengths.float().mean().item(),
+        "distinct2": distinct2(y)}
     return {
         "kl": masked_mean(s["kl"], m).item(),  # forward KL(teacher ‖ student), whatever the loss
         "logp_gap": masked_mean(s["teacher_logp"] - s["student_logp"], m).item(),
-        "entropy": masked_mean(s["entropy"][own], m[own]).item(),
-        "rollout_len": mine.lengths.float().mean().item(),
-        "distinct2": distinct2(mine),
+        **own,
         "guided_rows": sum(scored.guided),
         "kept": kept.item(),  # share of the eligible tokens the loss keeps (1 without the evidence mask)
         "sample": scored.completions.texts[0],
