@@ -6,9 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from sdft_lab import SFT, Example, TrainConfig, Trainer, add_student
-from sdft_lab.eval.drift import drift, per_answer, reference, references
+from sdft_lab.eval.drift import Reference, drift, per_answer, reference, references
+from sdft_lab.models import teacher_view
 from sdft_lab.prompts import encode, render_chat
-from sdft_lab.rollout import sample
+from sdft_lab.rollout import completion_hidden, completions_from_ids, sample
 
 from conftest import tiny_llama
 
@@ -48,6 +49,42 @@ def test_reference_is_the_base_greedy_answer_and_drift_matches_a_hand_computatio
         by_hand = (lb.exp() * (lb - lt)).sum(-1).mean().item()
         assert values[i].item() == pytest.approx(by_hand, rel=1e-4, abs=1e-6)
     assert drift(model, ref) == pytest.approx(values.mean().item())
+
+
+def test_drift_of_a_padded_batch_averages_each_answer_over_its_own_tokens_only(tiny):
+    """Fails if the drift computation counts padding tokens: per_answer's completion mask (`mask = y.mask`)
+    replaced by all ones, so the padded positions after the shorter answers enter their mean KL(base ‖ tuned).
+
+    Four answers of 3, 8, 5 and 1 tokens (the short ones ending at EOS) in one batch, right-padded to 8: each
+    answer's drift must equal its mean KL over its own tokens, computed by hand on the unpadded row alone."""
+    model, tok = tiny
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.3)
+    prompts = [encode(tok, render_chat(tok, q)) for q in QUESTIONS]
+    lengths = [3, 8, 5, 1]
+    eos = tok.eos_token_id
+    rows = [torch.randint(100, 2000, (n - 1,)).tolist() + [eos] if n < 8 else torch.randint(100, 2000, (n,)).tolist()
+            for n in lengths]
+    answers = completions_from_ids(rows, tok, [eos], tok.pad_token_id)
+    assert answers.mask.sum(-1).tolist() == lengths and answers.ids.shape == (4, 8)  # 12 of 32 places padding
+    with torch.no_grad(), teacher_view(model, "base"):  # the base side, as reference() keeps it
+        base_hidden = completion_hidden(model, prompts, answers)
+    ref = Reference(prompts, answers, [base_hidden], batch_size=4)
+    base = tiny_llama(tok)  # the same seed: the base under the adapter
+    model.eval()
+    by_hand = []
+    for prompt, row in zip(prompts, rows):
+        ids, p, n = torch.tensor([prompt + row]), len(prompt), len(row)
+        with torch.no_grad():
+            lb = F.log_softmax(base(ids).logits[0, p - 1:p + n - 1].float(), -1)
+            lt = F.log_softmax(model(input_ids=ids).logits[0, p - 1:p + n - 1].float(), -1)
+        by_hand.append((lb.exp() * (lb - lt)).sum(-1).mean().item())
+    assert min(by_hand) > 0
+    assert per_answer(model, ref).tolist() == pytest.approx(by_hand, rel=1e-4, abs=1e-6)
+    assert drift(model, ref) == pytest.approx(sum(by_hand) / 4, rel=1e-4)
 
 
 def test_drift_rises_with_the_learning_rate(tokenizer):

@@ -1,10 +1,13 @@
 """Guided rollouts, the evidence mask and the collapse watch's distinct-2 (sdft.py), on the tiny random llama."""
 
+import random
+from dataclasses import replace
+
 import pytest
 import torch
 
-from sdft_lab import SDFT, Example, SDFTConfig, sample
-from sdft_lab.losses import chunked_token_logp, loss_mask, masked_mean
+from sdft_lab import SDFT, Example, SDFTConfig, evaluate_kl, sample
+from sdft_lab.losses import chunked_token_logp, loss_mask, masked_mean, sequence_means
 from sdft_lab.models import lm_head
 from sdft_lab.prompts import student_ids, teacher_ids
 from sdft_lab.rollout import Completions, completion_hidden
@@ -38,6 +41,20 @@ def test_guided_rows_spread_the_share_and_keep_it_in_small_batches():
         assert guided_rows(n, share, 7) == guided_rows(n, share, 7)  # the step's seed decides
     with pytest.raises(ValueError, match="guided"):
         SDFTConfig(guided=1.5)
+
+
+def test_the_extra_guided_row_is_drawn_from_the_steps_seed():
+    """Fails if guided_rows draws without the step's seed: `random.Random(seed)` replaced by `random.Random()`
+    (unseeded), so two runs with the same seeds stop guiding the same rows.
+
+    By hand: floor(n·share) rows spread evenly, then the first unguided row turns guided exactly when
+    random.Random(seed).random() < n·share − floor(n·share)."""
+    for seed in range(64):
+        u = random.Random(seed).random()
+        assert guided_rows(1, 0.5, seed) == [u < 0.5]
+        assert guided_rows(3, 0.5, seed) == [u < 0.5, True, False]
+        assert guided_rows(4, 0.3, seed) == [u < 4 * 0.3 - 1, False, False, True]
+    assert guided_rows(1, 0.5, None) == [False]  # no seed: the floor alone
 
 
 def test_a_guided_row_is_sampled_with_the_demonstration_and_scored_without_it(tiny):
@@ -82,6 +99,55 @@ def test_the_evidence_mask_keeps_exactly_the_tokens_with_positive_log_ratio(tiny
     loss, m = masked.loss(model, tok, EXAMPLES, seed=3)
     assert m["kept"] == pytest.approx(expected.sum().item() / eligible.sum().item())
     assert loss.item() == pytest.approx(masked_mean(b.per_token, b.mask).item(), rel=1e-6)
+
+
+def test_evaluate_kl_samples_the_students_own_rollouts_whatever_the_guided_share(tiny):
+    """Fails if evaluate_kl keeps guided rows: its `replace(cfg or SDFTConfig(), guided=0.0)` made
+    `replace(cfg or SDFTConfig())`, so a training config with guided > 0 would sample the held-out rollouts
+    with the demonstration in the student's prompt.
+
+    evaluate_kl under guided=0.5 and 1.0 equals evaluate_kl under guided=0.0 for the same seed, rollout by
+    rollout, and each rollout's value is its mean KL on the student's own (bare-question) rollouts."""
+    model, tok = perturbed(tiny)
+    cfg = SDFTConfig(max_new_tokens=6, skip_first=0)
+    own = evaluate_kl(model, tok, EXAMPLES, cfg, seed=11, rollouts=2)
+    for share in (0.5, 1.0):
+        assert evaluate_kl(model, tok, EXAMPLES, replace(cfg, guided=share), seed=11, rollouts=2) == own
+    # by hand: the 8 rows (each example twice, in one batch of seed 11) sampled from the bare questions
+    rows = EXAMPLES + EXAMPLES
+    scored = SDFT(cfg).score(model, tok, rows, seed=11)
+    assert scored.guided == [False] * 8
+    kl_seq, _ = sequence_means(scored.stats["kl"], scored.completions.mask)
+    for ex in EXAMPLES:
+        expected = [v for r, v in zip(rows, kl_seq.tolist()) if r.id == ex.id]
+        assert own["per_rollout"][ex.id] == pytest.approx(expected, rel=1e-6)
+    # the guided rollouts are other rollouts, with another KL: the equality above is not vacuous
+    guided = SDFT(replace(cfg, guided=1.0)).score(model, tok, rows, seed=11)
+    assert not torch.equal(guided.completions.ids, scored.completions.ids)
+    assert sequence_means(guided.stats["kl"], guided.completions.mask)[0].tolist() != pytest.approx(kl_seq.tolist())
+
+
+def test_evaluate_kl_averages_every_eligible_token_not_only_the_evidence_masks(tiny):
+    """Fails if evaluate_kl averages over the evidence mask instead of the eligible tokens:
+    `sequence_means(scored.stats["kl"], scored.eligible)` made `sequence_means(..., scored.mask)`.
+
+    The held-out KL is a reading of the model, not of the loss: with evidence_mask=True it equals the figure
+    without it for the same seed, each rollout's value its mean KL over every token after the skipped one."""
+    model, tok = perturbed(tiny)
+    cfg = SDFTConfig(max_new_tokens=8, skip_first=1)
+    plain = evaluate_kl(model, tok, EXAMPLES, cfg, seed=3)
+    masked = evaluate_kl(model, tok, EXAMPLES, replace(cfg, evidence_mask=True), seed=3)
+    assert masked["kl"] == pytest.approx(plain["kl"], rel=1e-6)
+    assert masked["per_rollout"] == plain["per_rollout"]
+    # by hand, on the same rollouts (one batch: seed 3)
+    scored = SDFT(replace(cfg, evidence_mask=True)).score(model, tok, EXAMPLES, seed=3)
+    eligible = loss_mask(scored.completions.mask, 1).bool()
+    assert 0 < int(scored.mask.sum()) < int(eligible.sum())  # the evidence mask drops some tokens
+    for i, ex in enumerate(EXAMPLES):
+        assert eligible[i].any()
+        by_hand = scored.stats["kl"][i][eligible[i]].mean().item()
+        assert plain["per_rollout"][ex.id] == [pytest.approx(by_hand, rel=1e-5)]
+    assert plain["kl"] == pytest.approx(sum(v[0] for v in plain["per_rollout"].values()) / 4, rel=1e-6)
 
 
 def test_distinct2_counts_repeated_bigrams():
