@@ -158,6 +158,18 @@ class StudentConfig:
     gradient_checkpointing: bool | None = None
 
 
+def enable_checkpointing(model) -> None:
+    """Non-reentrant activation checkpointing: it needs no input grads and works under no_grad teacher passes.
+
+    transformers 5.23 calls it activation_checkpointing_enable and keeps gradient_checkpointing_enable as a
+    deprecated alias; 5.17 (the air-gapped GPU box's version) has only the old name.
+    """
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def add_student(model, lora: StudentConfig | None = None, seed: int | None = 0):
     """Wrap the frozen base in a PeftModel whose only trainable weights are the student adapter.
 
@@ -174,8 +186,8 @@ def add_student(model, lora: StudentConfig | None = None, seed: int | None = 0):
     checkpointing = lora.gradient_checkpointing
     if checkpointing is None:
         checkpointing = bool(getattr(model, "is_loaded_in_4bit", False))
-    if checkpointing:  # non-reentrant: needs no input grads, and works under no_grad teacher passes
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if checkpointing:
+        enable_checkpointing(model)
     config = LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
