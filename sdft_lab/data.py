@@ -226,13 +226,14 @@ def read_facts(path: str | Path = FACTS):
                 raise DataError(f"{path}:{lineno}: not valid JSON ({err.msg}).") from None
 
 
-def fact_examples(fact: dict) -> list[Example]:
-    """A fact's training questions as Examples, each demonstration the other's second reference (pre-flight)."""
-    fid = fact["id"]
-    demos = [t["demonstration"] for t in fact["train"]]
-    return [Example(t["question"], t["demonstration"], id=f"{fid}-t{j}", answer=fact["eval"][0]["answers"][0],
+def fact_examples(fact: dict, key: str = "train") -> list[Example]:
+    """A fact's training questions as Examples, each demonstration the other's second reference (pre-flight).
+    key="paraphrases": its paraphrased training questions instead (ids -p0, -p1, …)."""
+    fid, items = fact["id"], fact.get(key, [])
+    demos = [t["demonstration"] for t in items]
+    return [Example(t["question"], t["demonstration"], id=f"{fid}-{key[0]}{j}", answer=fact["eval"][0]["answers"][0],
                     references=[d for d in demos if d != t["demonstration"]][:1], metadata={"fact": fid})
-            for j, t in enumerate(fact["train"])]
+            for j, t in enumerate(items)]
 
 
 def load_dataset(source, format: str | None = None, split: str | None = None, **columns: str) -> list[Example]:

@@ -104,3 +104,62 @@ def test_merge_joins_sweeps_run_side_by_side_once_each(tmp_path):
     assert len(merged["trials"]) == 9  # SFT's first three trials counted once
     assert json.loads((a / "frontier.json").read_text())["points"] == points(merged)
     assert merged["verdicts"]["per_point"][0]["answer"]["verdict"] == "AHEAD"
+
+
+def test_retention_must_lie_within_one_standard_error_of_the_base():
+    """Fails if the retention threshold is 2 SE instead of 1 (the break: `base - 2 * se_base`). Base 0.65 on 120
+    probes: SE = sqrt(0.65 · 0.35 / 120) = 0.0435, so 0.62 (0.7 SE below) passes and 0.59 (1.4 SE below) fails."""
+    se = math.sqrt(0.65 * 0.35 / 120)
+    for retention, ok in ((0.62, True), (0.65 - 1.4 * se, False), (0.65 - 0.99 * se, True)):
+        r = results(trials("SDFT guided", "sdft", 1e-3, math.sqrt(1e-3), [1.98, 2.0, 2.02], retention=retention))
+        assert verdicts(r)["per_point"][0]["retention_ok"] == ok, retention
+        assert verdicts(r)["ahead"]["answer"] == ok
+
+
+def test_a_one_seed_sft_point_is_not_part_of_the_frontier():
+    """Fails if the frontier accepts one-seed SFT points (the break: the `len(p["seeds"]) > 1` filter dropped):
+    a lone SFT run at drift 0.03 that learned 3.0 would lift SFT's frontier above the SDFT point and turn its
+    AHEAD into BEHIND. With the filter the frontier is the two three-seed points': 1.5 at drift sqrt(1e-3)."""
+    lone = trials("SFT", "sft", 3e-4, 0.03, [3.0])
+    r = results(trials("SDFT guided", "sdft", 1e-3, math.sqrt(1e-3), [1.98, 2.0, 2.02]), lone)
+    row, = verdicts(r)["per_point"]
+    assert row["answer"]["sft_at_same_drift"] == pytest.approx(1.5)
+    assert row["answer"]["verdict"] == "AHEAD"
+
+
+def qa_trials(family, method, lr, drift, direct, seeds=(0, 1, 2)):
+    out = trials(family, method, lr, drift, [2 * d for d in direct])
+    for t, d, s in zip(out, direct, seeds):
+        t["seed"] = s
+        t["qa"] = {"direct": d, "indirect": d / 2, "ood": d / 2, "all": 2 * d / 3}
+        t["qa_strict"] = {k: v / 2 for k, v in t["qa"].items()}
+    return out
+
+
+def test_the_qa_sweep_judges_the_choosing_and_the_fresh_seeds_apart_with_the_corrected_band():
+    """The QA sweep's conclude: points and verdicts on seeds 0–2 with z = Φ⁻¹(1 − 0.025/4) = 2.50, and on the
+    fresh seeds 3–5 alone with z = 1.96; direct QA is judged like a gain. Fails if the fresh verdicts pool every
+    seed, or if the correction is left out (the margin 0.20 lies between 1.96 and 2.50 bands here)."""
+    from sdft_lab.experiments.frontier import band_z, conclude
+
+    assert band_z(1) == pytest.approx(1.95996, abs=1e-4) and band_z(4) == pytest.approx(2.4977, abs=1e-4)
+    sft = []
+    for seeds in ((0, 1, 2), (3, 4, 5)):
+        sft += qa_trials("SFT, paraphrases", "sft", 3e-4, 0.01, [0.2, 0.25, 0.3], seeds)
+        sft += qa_trials("SFT, paraphrases", "sft", 1e-3, 0.1, [0.4, 0.45, 0.5], seeds)
+    mid = math.sqrt(1e-3)  # SFT's frontier there: direct QA 0.35 with SE 0.05/√3 = 0.0289 on both seed sets
+    # SDFT: 0.55 on seeds 0–2 (+0.20, band 2.50 · 0.0408 = 0.102) and 0.45 on seeds 3–5 (+0.10, band 1.96 · 0.0408
+    # = 0.080): AHEAD on both, and the fresh +0.10 would be EVEN under the uncorrected-for-fresh 2.50 band
+    sdft = qa_trials("SDFT guided, all rows, paraphrases", "sdft", 3e-3, mid, [0.5, 0.55, 0.6]) + qa_trials(
+        "SDFT guided, all rows, paraphrases", "sdft", 3e-3, mid, [0.4, 0.45, 0.5], (3, 4, 5))
+    r = conclude({"sweep": "qa", "trials": sft + sdft, "base_retention": 0.65, "n_probes": 120})
+    chose, fresh = r["verdicts"]["per_point"][0], r["verdicts_fresh"]["per_point"][0]
+    assert r["verdicts"]["z"] == pytest.approx(band_z(4)) and r["verdicts_fresh"]["z"] == pytest.approx(band_z(1))
+    assert [p["seeds"] for p in r["points_fresh"]] == [[3, 4, 5]] * 3
+    assert chose["qa_direct"]["margin"] == pytest.approx(0.20) and fresh["qa_direct"]["margin"] == pytest.approx(0.10)
+    se = 0.05 / math.sqrt(3)
+    assert fresh["qa_direct"]["band"] == pytest.approx(band_z(1) * math.sqrt(2) * se)
+    assert chose["qa_direct"]["band"] == pytest.approx(band_z(4) * math.sqrt(2) * se)
+    assert (chose["qa_direct"]["verdict"], fresh["qa_direct"]["verdict"]) == ("AHEAD", "AHEAD")
+    # the same fresh margin judged with the choosing seeds' band is only EVEN: the correction matters
+    assert 0.10 < band_z(4) * math.sqrt(2) * se

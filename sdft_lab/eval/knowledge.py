@@ -35,25 +35,29 @@ class Knowledge:
     train: list[Example]
     eval: list[QAItem]
     passages: dict[str, str] = field(default_factory=dict)
+    paraphrases: list[Example] = field(default_factory=list)  # more training questions per fact, same answer
 
-    def first(self, n: int) -> tuple[list[Example], list[QAItem]]:
-        """The training examples and held-out items of the first n facts (by id)."""
+    def first(self, n: int, paraphrases: bool = False) -> tuple[list[Example], list[QAItem]]:
+        """The training examples (with paraphrases=True, the paraphrased questions too) and the held-out items
+        of the first n facts (by id)."""
         facts = set(sorted(self.passages)[:n])
-        return [ex for ex in self.train if ex.metadata["fact"] in facts], [it for it in self.eval if it.fact in facts]
+        train = self.train + (self.paraphrases if paraphrases else [])
+        return [ex for ex in train if ex.metadata["fact"] in facts], [it for it in self.eval if it.fact in facts]
 
 
 def load_knowledge(path: str | Path = FACTS) -> Knowledge:
-    """Training examples (two per fact, each other's second reference) and held-out QA items."""
-    train, items, passages = [], [], {}
+    """Training examples (two per fact, each other's second reference), their paraphrases and held-out QA items."""
+    train, items, passages, paraphrases = [], [], {}, []
     for lineno, fact in read_facts(path):
         try:
             train += fact_examples(fact)
+            paraphrases += fact_examples(fact, "paraphrases")
             fid, passage = fact["id"], fact["passage"]
             items += [QAItem(fid, e["kind"], e["question"], e["answers"], e.get("wrong", []), passage) for e in fact["eval"]]
             passages[fid] = passage
         except (KeyError, TypeError, IndexError) as err:
             raise DataError(f"{path}:{lineno}: not a valid fact record ({type(err).__name__}: {err}).") from None
-    return Knowledge(train, items, passages)
+    return Knowledge(train, items, passages, paraphrases)
 
 
 def score_qa(text: str, answers: list[str], wrong: list[str]) -> tuple[float, float]:
@@ -86,5 +90,6 @@ def qa_accuracy(model, tokenizer, items: list[QAItem], with_passage: bool = Fals
         if sel:
             out[kind] = {"strict": statistics.fmean(s for s, _ in sel), "lenient": statistics.fmean(l for _, l in sel)}
     out["cut"] = statistics.fmean(cut)
+    out["answers"] = texts  # every answer, in the items' order
     out["samples"] = [{"question": it.question, "answer": t} for it, t in list(zip(items, texts))[:6]]
     return out

@@ -49,6 +49,21 @@ STEPS_OF = {"SFT, 60 steps": 60}  # families that do not train for search.STEPS
 LEARNING = ("answer", "passage")  # the gains a verdict is taken on, each on its own
 FORGETTING = "general"  # the drift set on the x axis
 
+# The QA sweep: the same trial with greedy answers in every point, and every fact's six paraphrased training
+# questions beside its two (data/knowledge; both methods get the same 64 questions and 24 steps). Guided SDFT
+# with every row at lr 3e-3 is the configuration the first sweep chose; SFT brackets its drift. Seeds 0–2 are
+# the seeds that chose, 3–5 the fresh ones that confirm: each set gets its own points and verdicts.
+FRESH = (3, 4, 5)
+QA_FAMILIES = {
+    "SFT, paraphrases": ("sft", {"para": 1}, (3e-4, 1e-3), SEEDS + FRESH),
+    "SDFT guided, all rows, paraphrases": ("sdft", {"guided": 1.0, "mask": True, "para": 1}, (3e-3,), SEEDS + FRESH),
+}
+QA_KINDS = ("direct", "indirect", "ood", "all")
+# How many SDFT configurations the choice of the QA sweep's one was made among: the first sweep's four
+# (FAMILIES' SDFT points with seeds) and none more here. The seeds that chose get a band corrected for that.
+CHOSEN_AMONG = 4
+SWEEPS = {"frontier": (FAMILIES, False), "qa": (QA_FAMILIES, True)}
+
 RULE = (
     "Learning is a configuration's mean gain over its seeds (the learning meter on the held-out questions: "
     "answer and passage, each judged on its own); forgetting is its mean drift on general questions. SFT's "
@@ -63,10 +78,27 @@ RULE = (
 )
 
 
-def configurations() -> list[tuple[str, str, dict, tuple[int, ...]]]:
+QA_RULE = (
+    "The QA sweep: every point also carries greedy QA, strict and lenient per kind (direct / indirect / OOD) on "
+    "the 24 held-out questions, and the rule above is applied to three learning measures: the answer gain, the "
+    "passage gain and the lenient accuracy on the 8 held-out direct questions (qa_direct), each against SFT's "
+    "frontier at the same drift. It is applied twice, on seeds 0–2 and on the fresh seeds 3–5, each set alone. "
+    f"On seeds 0–2 the band is z·SE with z = Φ⁻¹(1 − 0.025/m) for the m = {CHOSEN_AMONG} SDFT configurations the "
+    "sweeps compared before this one was chosen (Bonferroni: z = 2.50); on seeds 3–5, which chose nothing, m = 1 "
+    "(z = 1.96). A verdict stands when the fresh seeds give it. With 3 seeds each SE has 2 degrees of freedom, so a "
+    "margin just past its band is weak evidence."
+)
+
+
+def band_z(m: int) -> float:
+    """The two-sided 5 % normal quantile, Bonferroni-corrected for m comparisons (m = 1: 1.96)."""
+    return statistics.NormalDist().inv_cdf(1 - 0.025 / m)
+
+
+def configurations(families: dict | None = None) -> list[tuple[str, str, dict, tuple[int, ...]]]:
     """(family, method, settings, seeds) of every point."""
     return [(family, method, settings_of(method, {**changes, "lr": lr}), seeds)
-            for family, (method, changes, lrs, seeds) in FAMILIES.items() for lr in lrs]
+            for family, (method, changes, lrs, seeds) in (families or FAMILIES).items() for lr in lrs]
 
 
 def trial_name(family: str, method: str, s: dict) -> str:
@@ -74,30 +106,37 @@ def trial_name(family: str, method: str, s: dict) -> str:
     return name_of(method, s) + (f" steps={steps}" if steps else "")
 
 
-def frontier(out: Path, seeds: tuple[int, ...] = SEEDS, families: list[str] | None = None) -> dict:
+def frontier(out: Path, seeds: tuple[int, ...] = SEEDS, families: list[str] | None = None,
+             sweep: str = "frontier") -> dict:
     """Every configuration with seed 0 first, then the other seeds, so a partial run covers the sweep.
+    sweep: "frontier" (FAMILIES) or "qa" (QA_FAMILIES, with greedy QA; its seeds default to 0–5).
     Resumable: runs already in out/frontier.json are skipped; the file is complete after every run."""
+    table_of, qa = SWEEPS[sweep]
     out.mkdir(parents=True, exist_ok=True)
     path = out / "frontier.json"
     base, tok = load("bundled")
     probes = load_probes()
     results = json.loads(path.read_text()) if path.exists() else {
-        "date": time.strftime("%Y-%m-%d"), "machine": machine(next(base.parameters()).device), "rule": RULE,
+        "date": time.strftime("%Y-%m-%d"), "machine": machine(next(base.parameters()).device), "sweep": sweep,
+        "rule": RULE + (" " + QA_RULE if qa else ""),
         "families": {f: {"method": m, "changes": c, "lrs": list(lrs), "seeds": list(ss)}
-                     for f, (m, c, lrs, ss) in FAMILIES.items()},
+                     for f, (m, c, lrs, ss) in table_of.items()},
         "base_retention": mc_accuracy(base, tok, probes)["overall"], "n_probes": len(probes), "trials": []}
     done = {(t["name"], t["seed"]) for t in results["trials"]}
     cache: dict = {}
     # seed 0 of every point first, then the other seeds; the one-seed families last: no verdict rests on them
-    todo = [(len(own) == 1, seed, f, m, s) for seed in seeds for f, m, s, own in configurations()
+    todo = [(len(own) == 1, seed, f, m, s) for seed in seeds for f, m, s, own in configurations(table_of)
             if seed in own and (families is None or f in families)]
     todo = [t[1:] for t in sorted(todo, key=lambda t: t[0])]
-    for seed, family, method, s in tqdm(todo, desc="frontier"):
+    for seed, family, method, s in tqdm(todo, desc=sweep):
         name = trial_name(family, method, s)
         if (name, seed) in done:
             continue
         tqdm.write(f"{family}: {name} seed {seed}")
-        t = trial(base, tok, method, s, seed, cache, steps=STEPS_OF.get(family, STEPS), qa=False)
+        t = trial(base, tok, method, s, seed, cache, steps=STEPS_OF.get(family, STEPS), qa=qa)
+        if qa and "base_answers" not in results:  # the base's own answers, once: the "before" of every point
+            results["base_answers"] = cache[(s["facts"], s["system"])]["qa"]["answers"]
+            results["base_qa"] = {"lenient": t["base_qa"], "strict": t["base_qa_strict"]}
         results["trials"].append({"family": family, **t, "name": name})
         path.write_text(json.dumps(conclude(results), indent=1))
     return results
@@ -123,11 +162,21 @@ def published() -> dict:
 
 
 def conclude(results: dict) -> dict:
-    """The points and both sets of verdicts, recomputed from the trials (in place; returns results)."""
-    results["points"] = points(results)
-    results["verdicts"] = verdicts(results)
-    results["verdicts_wall_clock"] = verdicts(results, "SFT, 60 steps")
+    """The points and every set of verdicts, recomputed from the trials (in place; returns results). The QA
+    sweep's: on the seeds that chose (corrected band) and on the fresh seeds, each alone."""
+    if results.get("sweep") != "qa":
+        results["points"] = points(results)
+        results["verdicts"] = verdicts(results)
+        results["verdicts_wall_clock"] = verdicts(results, "SFT, 60 steps")
+        return results
+    for key, seeds, z in (("", SEEDS, band_z(CHOSEN_AMONG)), ("_fresh", FRESH, band_z(1))):
+        results["points" + key] = points(results, seeds)
+        results["verdicts" + key] = verdicts({**results, "points": results["points" + key]}, "SFT, paraphrases",
+                                             z=z, gains=QA_LEARNING)
     return results
+
+
+QA_LEARNING = (*LEARNING, "qa_direct")
 
 
 def _stat(values: list[float]) -> dict:
@@ -135,11 +184,13 @@ def _stat(values: list[float]) -> dict:
     return {"mean": statistics.fmean(values), "sd": sd, "se": sd / math.sqrt(len(values)) if sd is not None else None}
 
 
-def points(results: dict) -> list[dict]:
-    """One point per configuration: mean, sd and SE over its seeds of every gain, drift and retention."""
+def points(results: dict, seeds: tuple[int, ...] | None = None) -> list[dict]:
+    """One point per configuration: mean, sd and SE over its seeds (all, or only `seeds`) of every gain, drift
+    and retention, and of greedy QA (lenient and strict per kind) where the trials carry it."""
     groups: dict[str, list[dict]] = {}
     for t in results["trials"]:
-        groups.setdefault(t["name"], []).append(t)
+        if seeds is None or t["seed"] in seeds:
+            groups.setdefault(t["name"], []).append(t)
     out = []
     for name, ts in groups.items():
         p = {"name": name, "family": ts[0]["family"], "method": ts[0]["method"], "lr": ts[0]["settings"]["lr"],
@@ -149,6 +200,10 @@ def points(results: dict) -> list[dict]:
             p[g] = _stat([t["gain"][g] for t in ts])
         for d in set.intersection(*(set(t["drift"]) for t in ts)):
             p[f"drift_{d}"] = _stat([t["drift"][d] for t in ts])
+        if all("qa" in t for t in ts):
+            for kind in QA_KINDS:
+                p[f"qa_{kind}"] = _stat([t["qa"][kind] for t in ts])
+                p[f"qa_{kind}_strict"] = _stat([t["qa_strict"][kind] for t in ts])
         out.append(p)
     return out
 
@@ -169,9 +224,10 @@ def sft_frontier(sft: list[dict], drift: float, gain: str) -> tuple[float, float
             "inside")
 
 
-def verdicts(results: dict, reference: str = "SFT") -> dict:
+def verdicts(results: dict, reference: str = "SFT", z: float = 2.0, gains: tuple[str, ...] = LEARNING) -> dict:
     """RULE applied: per SDFT configuration and gain, its margin over the frontier of the SFT family
-    `reference` ("SFT": equal steps; "SFT, 60 steps": equal wall-clock) and the verdict."""
+    `reference` ("SFT": equal steps; "SFT, 60 steps": equal wall-clock) and the verdict. z: the band in
+    standard errors of the difference (RULE's 2; QA_RULE's corrected one)."""
     pts = results.get("points") or points(results)
     sft = [p for p in pts if p["family"] == reference and len(p["seeds"]) > 1]
     if len(sft) < 2:
@@ -183,10 +239,10 @@ def verdicts(results: dict, reference: str = "SFT") -> dict:
             continue
         row = {"name": p["name"], "family": p["family"], "lr": p["lr"], "seeds": len(p["seeds"]),
                "retention_ok": p["retention"]["mean"] >= results["base_retention"] - se_base}
-        for g in LEARNING:
+        for g in gains:
             ref, ref_se, where = sft_frontier(sft, p[f"drift_{FORGETTING}"]["mean"], g)
             margin = p[g]["mean"] - ref
-            band = 2 * math.sqrt((p[g]["se"] or 0.0) ** 2 + ref_se ** 2)
+            band = z * math.sqrt((p[g]["se"] or 0.0) ** 2 + ref_se ** 2)
             if where == "inside":
                 verdict = "AHEAD" if margin > band else "BEHIND" if margin < -band else "EVEN"
             elif where == "below":
@@ -195,7 +251,8 @@ def verdicts(results: dict, reference: str = "SFT") -> dict:
                 verdict = "BEHIND" if margin < -band else "OUTSIDE"
             row[g] = {"sft_at_same_drift": ref, "margin": margin, "band": band, "where": where, "verdict": verdict}
         out["per_point"].append(row)
-    for g in LEARNING:
+    out["z"] = z
+    for g in gains:
         out["ahead"][g] = any(r[g]["verdict"] == "AHEAD" and r["retention_ok"] for r in out["per_point"])
     return out
 
@@ -259,20 +316,61 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def qa_reading(results: dict) -> str:
+    """The QA sweep's verdicts in sentences: on the seeds that chose, then on the fresh seeds."""
+    lines = []
+    for key, label in (("", "seeds 0–2 (chose)"), ("_fresh", "seeds 3–5 (fresh)")):
+        v = results.get("verdicts" + key)
+        if not v:
+            lines.append(f"{label}: not enough runs yet.")
+            continue
+        for row in v["per_point"]:
+            parts = [f"{g} {row[g]['margin']:+.2f} ({row[g]['verdict']}, band ±{row[g]['band']:.2f})"
+                     for g in QA_LEARNING]
+            lines.append(f"{label}, z = {v['z']:.2f}: {row['family']} at lr {row['lr']:g} ({row['seeds']} seeds) "
+                         f"against SFT at the same drift: " + "; ".join(parts) +
+                         ("" if row["retention_ok"] else "; retention outside one SE of the base") + ".")
+    return "\n".join(lines)
+
+
+def qa_table(results: dict, key: str = "") -> str:
+    """Markdown: every configuration of the QA sweep on one seed set ("" the seeds that chose, "_fresh")."""
+    v = {r["name"]: r for r in results.get("verdicts" + key, {}).get("per_point", [])}
+    f = fmt
+    lines = ["| family | lr | seeds | direct QA (lenient / strict) | all QA (lenient) | answer gain | drift, general "
+             "| retention | train min | verdict (answer / passage / direct QA) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for p in sorted(results.get("points" + key, []), key=lambda p: (p["family"], p["lr"])):
+        verdict = " / ".join(f"{v[p['name']][g]['verdict']} ({v[p['name']][g]['margin']:+.2f})" for g in QA_LEARNING
+                             ) if p["name"] in v else ""
+        lines.append(f"| {p['family']} | {p['lr']:g} | {','.join(map(str, p['seeds']))} | {f(p['qa_direct'])} / "
+                     f"{f(p['qa_direct_strict'])} | {f(p['qa_all'])} | {f(p['answer'])} | {f(p['drift_general'], 3)} | "
+                     f"{f(p['retention'])} | {p['train_minutes']:.1f} | {verdict} |")
+    return "\n".join(lines)
+
+
+def published_qa() -> dict:
+    """The QA sweep measured on the bundled model (docs/frontier_qa.json; shipped inside the wheel too)."""
+    return json.loads((DOCS / "frontier_qa.json").read_text())
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs") / "frontier")
-    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
-    parser.add_argument("--families", nargs="+", choices=list(FAMILIES), default=None)
+    parser.add_argument("--sweep", choices=list(SWEEPS), default="frontier",
+                        help="frontier: the learning-rate sweep; qa: greedy QA, paraphrases, fresh seeds")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="[0 1 2; the qa sweep: 0 … 5]")
+    parser.add_argument("--families", nargs="+", choices=[*FAMILIES, *QA_FAMILIES], default=None)
     parser.add_argument("--merge", type=Path, nargs="+", metavar="DIR",
                         help="add the trials of sweeps run side by side (their --out) to --out, and run nothing")
     parser.add_argument("--docs", action="store_true", help="copy the results to docs/frontier.json")
     args = parser.parse_args(argv)
-    results = merge(args.out, args.merge) if args.merge else frontier(args.out, tuple(args.seeds), args.families)
-    print(table(results))
-    print(reading(results))
+    seeds = tuple(args.seeds or (SEEDS + FRESH if args.sweep == "qa" else SEEDS))
+    results = merge(args.out, args.merge) if args.merge else frontier(args.out, seeds, args.families, args.sweep)
+    qa = results.get("sweep") == "qa"
+    print("\n\n".join([qa_table(results), qa_table(results, "_fresh"), qa_reading(results)]) if qa else
+          table(results) + "\n" + reading(results))
     if args.docs:
-        (DOCS / "frontier.json").write_text(json.dumps(results, indent=1))
+        (DOCS / ("frontier_qa.json" if qa else "frontier.json")).write_text(json.dumps(results, indent=1))
     return results
 
 

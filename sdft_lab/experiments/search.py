@@ -81,7 +81,8 @@ SYSTEMS = {"none": None, "short": SHORT_ANSWER}
 
 def settings_of(method: str, changes: dict) -> dict:
     s = {**START, **changes}
-    return {k: s[k] for k in SFT_KEYS} if method == "sft" else s
+    # para=1 (the frontier's QA sweep): the facts' paraphrased training questions too, for either method
+    return {k: s[k] for k in (*SFT_KEYS, "para") if k in s} if method == "sft" else s
 
 
 def name_of(method: str, settings: dict) -> str:
@@ -103,7 +104,7 @@ def trial(base, tok, method: str, s: dict, seed: int, cache: dict, steps: int = 
     """One training run and its measurements; cache holds the base's figures per (facts, system).
     qa=False leaves out greedy QA (96-token answers to every held-out question: most of a trial's evaluation)."""
     knowledge, system = load_knowledge(), SYSTEMS[s["system"]]
-    examples, items = knowledge.first(s["facts"])
+    examples, items = knowledge.first(s["facts"], paraphrases=bool(s.get("para", 0)))
     key = (s["facts"], s["system"])
     if key not in cache:  # drift on general questions under the chat template's prompt, held-out under the run's
         cache[key] = {"meter": meter(base, tok, items, system),
@@ -122,8 +123,10 @@ def trial(base, tok, method: str, s: dict, seed: int, cache: dict, steps: int = 
         drift = drifts(model, cache[key]["drift"])
         t2 = time.perf_counter()
     before, kinds = cache[key]["meter"], ("direct", "indirect", "ood", "all")
-    figures = {"qa": {k: answers[k]["lenient"] for k in kinds}, "qa_cut": answers["cut"],
-               "base_qa": {k: cache[key]["qa"][k]["lenient"] for k in kinds}} if qa else {}
+    figures = {"qa": {k: answers[k]["lenient"] for k in kinds}, "qa_strict": {k: answers[k]["strict"] for k in kinds},
+               "qa_cut": answers["cut"], "qa_answers": answers["answers"],
+               "base_qa": {k: cache[key]["qa"][k]["lenient"] for k in kinds},
+               "base_qa_strict": {k: cache[key]["qa"][k]["strict"] for k in kinds}} if qa else {}
     return {"name": name_of(method, s), "method": method, "settings": s, "seed": seed,
             "gain": {t: after[t]["all"] - before[t]["all"] for t in ("passage", "answer")},
             "meter_before": before, "meter_after": after, "retention": retention, "drift": drift, **figures,
