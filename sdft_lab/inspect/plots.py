@@ -78,6 +78,41 @@ def sequential_figure(results: dict) -> go.Figure:
     return fig
 
 
+def continual_figure(results: dict, score: str = "qa", kind: str = "direct") -> go.Figure:
+    """Continual learning (experiments/continual.py): each batch's held-out direct-question accuracy after each
+    stage, mean ± sd over seeds, one panel per method, the base at the left. A batch's line starting high and
+    falling as later batches are trained is forgetting; retention on the probes is drawn dotted."""
+    import statistics
+
+    methods = [m for m in ("sft", "sdft") if any(r["method"] == m for r in results["runs"])]
+    fig = make_subplots(rows=1, cols=max(1, len(methods)), subplot_titles=[m.upper() for m in methods],
+                        shared_yaxes=True)
+    names = results["stages"]
+    x = ["base"] + [f"after {n}" for n in names]
+    for col, m in enumerate(methods, 1):
+        runs = [r for r in results["runs"] if r["method"] == m and len(r["stages"]) == len(names)]
+
+        def series(get) -> tuple[list, list]:
+            rows = [[get(results["base"])] * len(runs)] + [[get(r["stages"][i]) for r in runs]
+                                                         for i in range(len(names))]
+            return ([statistics.fmean(v) if None not in v else None for v in rows],
+                    [statistics.stdev(v) if len(v) > 1 and None not in v else 0 for v in rows])
+        for n, color in zip(names + ["retention"], px.colors.qualitative.Plotly):
+            if n == "retention":
+                mean, sd = series(lambda row: row["retention"])
+            else:
+                mean, sd = series(lambda row, n=n: row["tasks"][n][score][kind] if n in row["tasks"] else None)
+            fig.add_trace(go.Scatter(x=x, y=mean, error_y=dict(array=sd), mode="lines+markers", line_color=color,
+                                     line_dash="dot" if n == "retention" else "solid",
+                                     name=n if n == "retention" else f"batch {n}", legendgroup=n,
+                                     showlegend=col == 1), row=1, col=col)
+    fig.update_yaxes(tickformat=".0%", range=[-0.03, 1.03])
+    fig.update_yaxes(title_text="held-out direct questions answered (greedy) · retention", row=1, col=1)
+    fig.update_layout(title=f"Continual learning: batches {' → '.join(names)} (± 1 sd over {len(set(r['seed'] for r in results['runs']))} seeds)",
+                      height=380)
+    return fig
+
+
 def pareto_figure(results: dict) -> go.Figure:
     """New-task accuracy against retention, one point per learning rate: up and to the right is better."""
     fig = go.Figure()
@@ -199,26 +234,39 @@ def search_figure(results: dict) -> go.Figure:
     return fig
 
 
-def frontier_figure(results: dict, gain: str = "answer") -> go.Figure:
+def frontier_figure(results: dict, gain: str = "answer", seeds: str = "") -> go.Figure:
     """The learning–forgetting frontier (experiments/frontier.py): each configuration's mean gain against its
     mean drift on general questions, ± one sd over its seeds, one line per family through its learning rates.
-    Up and to the left is better: more learned for less moved."""
+    Up and to the left is better: more learned for less moved. gain "qa_direct" (the QA sweep): the share of
+    held-out direct questions answered greedily, with the base's share at drift 0 drawn as a line; seeds:
+    "" the seeds that chose, "_fresh" the fresh ones."""
+    qa = gain.startswith("qa_")
     fig = go.Figure()
-    for (family, pts), color in zip(_families(results["points"]).items(), px.colors.qualitative.Plotly[2:]):
+    for (family, pts), color in zip(_families(results["points" + seeds]).items(), px.colors.qualitative.Plotly[2:]):
         pts = sorted(pts, key=lambda p: p["lr"])
         fig.add_trace(go.Scatter(
             x=[p["drift_general"]["mean"] for p in pts], y=[p[gain]["mean"] for p in pts], mode="lines+markers+text",
             name=family, marker=dict(color=color, size=[12 if len(p["seeds"]) > 1 else 7 for p in pts]),
-            line=dict(color=color, dash="solid" if family == "SFT" else "dash"),
+            line=dict(color=color, dash="solid" if family.startswith("SFT") else "dash"),
             error_x=dict(array=[p["drift_general"]["sd"] or 0 for p in pts]),
             error_y=dict(array=[p[gain]["sd"] or 0 for p in pts]),
             text=[f"lr {p['lr']:g}" for p in pts], textposition="top center",
             customdata=[[len(p["seeds"]), p["retention"]["mean"]] for p in pts],
-            hovertemplate=f"{family} %{{text}}<br>drift %{{x:.3f}}<br>{gain} gain %{{y:.2f}}<br>"
+            hovertemplate=f"{family} %{{text}}<br>drift %{{x:.3f}}<br>{gain} %{{y:.2f}}<br>"
                           "seeds %{customdata[0]}, retention %{customdata[1]:.3f}<extra></extra>"))
-    fig.update_xaxes(type="log", title="drift: KL(base ‖ tuned) per token on general text (log)")
-    fig.update_layout(title=f"Learning vs forgetting, each method over its learning rates ({gain} gain, ± 1 sd "
-                            "over seeds)", yaxis_title=f"{gain} log-prob gain (nats/token)", height=440)
+    if qa and "base_qa" in results:
+        kind = gain.removeprefix("qa_").removesuffix("_strict")
+        base = results["base_qa"]["strict" if gain.endswith("_strict") else "lenient"][kind]
+        fig.add_hline(y=base, line=dict(color="grey", dash="dot"), annotation_text=f"base {base:.0%}")
+    fig.update_xaxes(type="log", title="drift: KL(base ‖ tuned) per token on general text (nats, log scale)")
+    which = {"": "", "_fresh": ", fresh seeds 3–5"}[seeds]
+    if qa:
+        fig.update_yaxes(title="held-out direct questions answered (greedy, lenient)", tickformat=".0%")
+        fig.update_layout(title=f"Answers vs forgetting, each method over its learning rates (± 1 sd over seeds{which})",
+                          height=440)
+    else:
+        fig.update_layout(title=f"Learning vs forgetting, each method over its learning rates ({gain} gain, ± 1 sd "
+                                f"over seeds{which})", yaxis_title=f"{gain} log-prob gain (nats/token)", height=440)
     return fig
 
 
