@@ -7,6 +7,10 @@ import sys
 import pytest
 import torch
 
+# before the imports below: the GPU box (DESIGN.md §6) has neither lm-eval nor plotly, and pytest collects
+# every module before it filters by marker
+pytest.importorskip("lm_eval", reason="lm-eval is an optional extra: pip install -e .[lmeval] (make test installs it)")
+
 from sdft_lab.eval import load_probes
 from sdft_lab.eval.lm_eval import compare, evaluate
 from sdft_lab.models import load_adapter
@@ -16,8 +20,6 @@ from sdft_lab.inspect.plots import benchmark_retention
 from conftest import tiny_llama
 
 pytestmark = pytest.mark.slow  # the 135M model, processes or notebooks: not in make test-fast
-
-pytest.importorskip("lm_eval", reason="lm-eval is an optional extra: pip install -e .[lmeval] (make test installs it)")
 
 
 @pytest.fixture(autouse=True)

@@ -1,6 +1,12 @@
 """The notebooks' figures say what they show: one panel when the loss is the KL, whole-step ticks from 1,
 a title and each phase's mean on the phase chart; stepper labels and options are never cut mid-word."""
 
+import pytest
+
+# the notebooks' packages: not on the GPU box (DESIGN.md §6), where pytest still collects this module
+pytest.importorskip("plotly", reason="plotly draws the figures: pip install plotly")
+pytest.importorskip("ipywidgets", reason="ipywidgets draws the stepper: pip install ipywidgets")
+
 from sdft_lab.inspect.plots import phase_breakdown, training_curves
 from sdft_lab.inspect.widgets import short
 
