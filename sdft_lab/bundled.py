@@ -92,6 +92,10 @@ def bundled_path() -> Path:
     try:
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # transformers 5.17 and older convert this GGUF's tokenizer with <|im_start|> as its EOS and no pad token;
+        # the model's config has both right (5.23 agrees), so the tokenizer takes them from there
+        tok.eos_token = tok.convert_ids_to_tokens(model.config.eos_token_id)
+        tok.pad_token = tok.convert_ids_to_tokens(model.config.pad_token_id)
         # transformers dequantises GGUF on load; forget that it came from a GGUF so that
         # it saves as a plain fp32 checkpoint and reloads without the GGUF.
         model.hf_quantizer = None
