@@ -3,22 +3,30 @@
     from sdft_lab.lab import Settings, settings, setup
     SMOKE, RUNS = setup()
     RUN = settings(MODEL, cpu=Settings(batch_size=4, max_new_tokens=64, lr=1e-3), smoke=SMOKE)
+    RUN = workshop_run(MODEL, smoke=SMOKE)        # or the workshop recipe's SDFT run (recipes.py)
 
 SMOKE is true when SDFT_LAB_SMOKE=1 (the test suite runs every notebook that way, in a minute or two);
 RUNS is SDFT_LAB_RUNS if set, else the repository's runs/ folder seen from notebooks/ (../runs); every
 Trainer.train() writes its run folder and report there. settings(MODEL, cpu=...) gives a preset's batch
 size, rollout length, learning rate and LoRA rank on a GPU (presets.PRESETS), and the notebook's own CPU
-settings for "bundled"; smoke=True shortens the rollouts and the batch for the tests.
+settings for "bundled"; smoke=True shortens the rollouts and the batch for the tests. setup() also drops
+one known log line that is not about anything a participant did (KernelsNotice). answers_table draws
+answers side by side as an escaped HTML table.
 """
 
 from __future__ import annotations
 
+import html
+import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
 
+from .config import RunConfig
 from .models import StudentConfig
 from .presets import PRESETS
+from .recipes import workshop_knowledge
 from .trainer import runs_root
 
 
@@ -27,7 +35,31 @@ class Lab(NamedTuple):
     runs: Path
 
 
+class KernelsNotice(logging.Filter):
+    """Drops bitsandbytes' "Failed to load CPU gemm_4bit_forward from kernels-community" warning, and only it.
+
+    Why: bitsandbytes (0.50) logs it at import time (backends/cpu/ops.py) on every CPU with AVX512-BF16,
+    because the optional `kernels` package (which downloads a fused NF4 kernel from the hub) is not
+    installed. sdft_lab never calls that kernel (models.portable_cpu_4bit turns its repacked path off on every
+    layer) and installs nothing from the hub at run time, so the warning is the first red text a participant
+    would read and says nothing about their run. Any other bitsandbytes message still gets through."""
+
+    LOGGER = "bitsandbytes.backends.cpu.ops"
+    MESSAGE = "Failed to load CPU gemm_4bit_forward from kernels-community"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.MESSAGE)
+
+
+def quiet_known_noise() -> None:
+    """Install KernelsNotice on bitsandbytes' CPU logger (once), before anything imports bitsandbytes."""
+    logger = logging.getLogger(KernelsNotice.LOGGER)
+    if not any(isinstance(f, KernelsNotice) for f in logger.filters):
+        logger.addFilter(KernelsNotice())
+
+
 def setup() -> Lab:
+    quiet_known_noise()
     smoke = os.environ.get("SDFT_LAB_SMOKE") == "1"
     runs = runs_root()
     runs.mkdir(parents=True, exist_ok=True)
@@ -50,3 +82,27 @@ def settings(model: str, cpu: Settings, smoke: bool = False) -> Settings:
     preset = PRESETS.get(model)
     out = Settings(preset.batch_size, preset.max_new_tokens, preset.lr, preset.lora_r) if preset else cpu
     return out._replace(batch_size=min(out.batch_size, 4), max_new_tokens=8) if smoke else out
+
+
+def workshop_run(model: str, smoke: bool = False) -> RunConfig:
+    """The SDFT half of recipes.workshop_knowledge for `model` (the frontier's settings for the bundled model,
+    a preset's on a GPU); smoke: one step of at most 4 prompts with 8-token rollouts."""
+    run, _ = workshop_knowledge(model=model)
+    if smoke:
+        run = replace(run, train=replace(run.train, steps=1, batch_size=min(run.train.batch_size, 4)),
+                      sdft=replace(run.sdft, max_new_tokens=8))
+    return run
+
+
+def answers_table(questions: list[str], columns: dict[str, list[str]], accepted: list[str] | None = None) -> str:
+    """Answers side by side: one row per question, one column per source (e.g. "student before", "teacher").
+    Every piece of text is HTML-escaped. Display it with IPython.display.HTML."""
+    head = ["question", *(["accepted"] if accepted else []), *columns]
+    rows = []
+    for i, q in enumerate(questions):
+        cells = [q, *([accepted[i]] if accepted else []), *(col[i].strip() for col in columns.values())]
+        rows.append("<tr>" + "".join(f'<td style="text-align:left;vertical-align:top">{html.escape(c)}</td>'
+                                     for c in cells) + "</tr>")
+    return ('<table class="sdft-answers" style="font-size:13px"><thead><tr>'
+            + "".join(f'<th style="text-align:left">{html.escape(h)}</th>' for h in head)
+            + "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>")

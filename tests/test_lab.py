@@ -1,0 +1,44 @@
+"""lab.py, the notebooks' set-up: the one log line it silences, the workshop run, the answers table."""
+
+from __future__ import annotations
+
+import logging
+
+from sdft_lab.lab import KernelsNotice, answers_table, setup, workshop_run
+from sdft_lab.recipes import workshop_knowledge
+
+
+def test_setup_drops_bitsandbytes_kernels_notice_and_nothing_else(caplog, monkeypatch, tmp_path):
+    """Break it fails on (made once): the filter matching every message of the logger."""
+    monkeypatch.setenv("SDFT_LAB_RUNS", str(tmp_path))
+    setup(), setup()
+    logger = logging.getLogger(KernelsNotice.LOGGER)
+    assert sum(isinstance(f, KernelsNotice) for f in logger.filters) == 1  # installed once, however often called
+    level = logger.level  # models.quiet_peft raises this logger to ERROR once a student was added: not here
+    logger.setLevel(logging.NOTSET)
+    try:
+        with caplog.at_level(logging.WARNING):
+            logger.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please make sure you "
+                           "already `pip install kernels`", ModuleNotFoundError("No module named 'kernels'"))
+            logger.warning("some other bitsandbytes warning")
+            logging.getLogger("bitsandbytes.other").warning("Failed to load CPU gemm_4bit_forward elsewhere")
+    finally:
+        logger.setLevel(level)
+    assert [r.getMessage() for r in caplog.records] == ["some other bitsandbytes warning",
+                                                        "Failed to load CPU gemm_4bit_forward elsewhere"]
+
+
+def test_workshop_run_is_the_recipes_sdft_run_and_smoke_shortens_it():
+    sdft, _ = workshop_knowledge()
+    assert workshop_run("bundled") == sdft
+    smoke = workshop_run("bundled", smoke=True)
+    assert (smoke.train.steps, smoke.sdft.max_new_tokens, smoke.train.batch_size) == (1, 8, 4)
+    assert (smoke.sdft.guided, smoke.sdft.evidence_mask, smoke.train.lr) == (sdft.sdft.guided, sdft.sdft.evidence_mask,
+                                                                             sdft.train.lr)
+    assert workshop_run("qwen2.5-1.5b") == workshop_knowledge(model="qwen2.5-1.5b")[0]
+
+
+def test_answers_table_escapes_model_text():
+    page = answers_table(["Is 1 < 2?"], {"student": ["<script>alert(1)</script> yes"]}, accepted=["yes & no"])
+    assert "<script>" not in page and "&lt;script&gt;" in page and "yes &amp; no" in page
+    assert page.count("<tr>") == 2 and "<th style=\"text-align:left\">student</th>" in page
