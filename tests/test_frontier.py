@@ -163,3 +163,23 @@ def test_the_qa_sweep_judges_the_choosing_and_the_fresh_seeds_apart_with_the_cor
     assert (chose["qa_direct"]["verdict"], fresh["qa_direct"]["verdict"]) == ("AHEAD", "AHEAD")
     # the same fresh margin judged with the choosing seeds' band is only EVEN: the correction matters
     assert 0.10 < band_z(4) * math.sqrt(2) * se
+
+
+def test_the_docs_hold_the_qa_sweep_as_measured():
+    """docs/frontier_qa.json's points and both sets of verdicts follow from its own trials, and docs/recipes.md
+    shows both tables and the readings: no figure edited by hand, no seed set left out."""
+    import json
+    from pathlib import Path
+
+    from sdft_lab.experiments.frontier import QA_RULE, conclude, qa_reading, qa_table
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    sweep = json.loads((docs / "frontier_qa.json").read_text())
+    again = conclude(json.loads(json.dumps(sweep)))
+    for key in ("points", "verdicts", "points_fresh", "verdicts_fresh"):
+        assert sweep[key] == again[key], key
+    assert {t["seed"] for t in sweep["trials"]} == {0, 1, 2, 3, 4, 5}
+    assert all(len(t["qa_answers"]) == 24 for t in sweep["trials"]) and len(sweep["base_answers"]) == 24
+    text = (docs / "recipes.md").read_text()
+    assert qa_table(sweep) in text and qa_table(sweep, "_fresh") in text, "regenerate docs/recipes.md's QA tables"
+    assert QA_RULE in " ".join(text.split()) and all(line in text for line in qa_reading(sweep).splitlines())

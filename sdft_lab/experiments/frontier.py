@@ -19,6 +19,7 @@ carry both. Every run is kept, with its seed, time, date and machine.
 from __future__ import annotations
 
 import argparse
+import html
 import json
 import math
 import statistics
@@ -122,6 +123,8 @@ def frontier(out: Path, seeds: tuple[int, ...] = SEEDS, families: list[str] | No
         "families": {f: {"method": m, "changes": c, "lrs": list(lrs), "seeds": list(ss)}
                      for f, (m, c, lrs, ss) in table_of.items()},
         "base_retention": mc_accuracy(base, tok, probes)["overall"], "n_probes": len(probes), "trials": []}
+    results["families"].update({f: {"method": m, "changes": c, "lrs": list(lrs), "seeds": list(ss)}  # ones added since
+                                for f, (m, c, lrs, ss) in table_of.items()})
     done = {(t["name"], t["seed"]) for t in results["trials"]}
     cache: dict = {}
     # seed 0 of every point first, then the other seeds; the one-seed families last: no verdict rests on them
@@ -345,6 +348,30 @@ def qa_table(results: dict, key: str = "") -> str:
         lines.append(f"| {p['family']} | {p['lr']:g} | {','.join(map(str, p['seeds']))} | {f(p['qa_direct'])} / "
                      f"{f(p['qa_direct_strict'])} | {f(p['qa_all'])} | {f(p['answer'])} | {f(p['drift_general'], 3)} | "
                      f"{f(p['retention'])} | {p['train_minutes']:.1f} | {verdict} |")
+    return "\n".join(lines)
+
+
+def answers_table(results: dict, seed: int = FRESH[0], kind: str = "direct") -> str:
+    """Markdown: each held-out question of `kind` with its accepted answer, the base's greedy answer, and the
+    answer of every configuration of the QA sweep trained with `seed` (✓: an accepted answer appears). Model
+    text is HTML-escaped, and its pipes and line breaks kept out of the table."""
+    from ..eval import load_knowledge
+
+    _, items = load_knowledge().first(8)
+    trials = sorted((t for t in results["trials"] if t["seed"] == seed and "qa_answers" in t),
+                    key=lambda t: (t["method"], t["settings"]["lr"]))
+
+    def cell(text: str, accepted: list[str]) -> str:
+        ok = any(a.lower() in text.lower() for a in accepted)
+        return ("✓ " if ok else "") + html.escape(" ".join(text.split())).replace("|", "\\|")
+
+    heads = ["question", "accepted", "base"] + [f"{t['method'].upper()} lr {t['settings']['lr']:g}" for t in trials]
+    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+    for i, it in enumerate(items):
+        if it.kind != kind:
+            continue
+        row = [html.escape(it.question), html.escape(it.answers[0]), cell(results["base_answers"][i], it.answers)]
+        lines.append("| " + " | ".join(row + [cell(t["qa_answers"][i], it.answers) for t in trials]) + " |")
     return "\n".join(lines)
 
 
