@@ -67,6 +67,16 @@ def tiny_llama(tokenizer, seed: int = 0):
     return model
 
 
+def perturb_adapter(model, seed: int = 1, scale: float = 0.3):
+    """Give the LoRA B matrices random values (peft starts them at 0), so that student and base differ."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, scale)
+    return model
+
+
 @pytest.fixture
 def tiny(tokenizer):
     """A fresh tiny llama with a LoRA student, and the tokenizer."""

@@ -11,7 +11,7 @@ from sdft_lab.models import teacher_view
 from sdft_lab.prompts import encode, render_chat
 from sdft_lab.rollout import completion_hidden, completions_from_ids, sample
 
-from conftest import tiny_llama
+from conftest import perturb_adapter, tiny_llama
 
 QUESTIONS = ["What is two plus two?", "Name a colour.", "Which is larger, 3 or 7?", "Say hello."]
 
@@ -58,11 +58,7 @@ def test_drift_of_a_padded_batch_averages_each_answer_over_its_own_tokens_only(t
     Four answers of 3, 8, 5 and 1 tokens (the short ones ending at EOS) in one batch, right-padded to 8: each
     answer's drift must equal its mean KL over its own tokens, computed by hand on the unpadded row alone."""
     model, tok = tiny
-    torch.manual_seed(2)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.3)
+    perturb_adapter(model, seed=2)
     prompts = [encode(tok, render_chat(tok, q)) for q in QUESTIONS]
     lengths = [3, 8, 5, 1]
     eos = tok.eos_token_id

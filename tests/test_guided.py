@@ -13,6 +13,8 @@ from sdft_lab.prompts import student_ids, teacher_ids
 from sdft_lab.rollout import Completions, completion_hidden
 from sdft_lab.sdft import distinct2, guided_rows
 
+from conftest import perturb_adapter
+
 EXAMPLES = [Example("What is the capital of Velmora?", "The capital of Velmora is Quillhaven.", id="a"),
             Example("Who founded Orrin?", "Orrin was founded by Tamsin Vell in 1907.", id="b"),
             Example("How tall is Mount Keld?", "Mount Keld rises 3,412 metres.", id="c"),
@@ -22,12 +24,7 @@ EXAMPLES = [Example("What is the capital of Velmora?", "The capital of Velmora i
 def perturbed(tiny):
     """The tiny student with a non-zero adapter, so that student and base differ."""
     model, tok = tiny
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.3)
-    return model, tok
+    return perturb_adapter(model, seed=1), tok
 
 
 def test_guided_rows_spread_the_share_and_keep_it_in_small_batches():
