@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 EXTRAS := $(VENV)/.extras
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: setup lab test test-fast browser-test demo bench gpu-check gpu-box screenshots clean
+.PHONY: setup lab test test-fast browser-test box-sim floors demo bench gpu-check gpu-box screenshots clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
@@ -41,6 +41,16 @@ browser-test: setup $(EXTRAS)
 test-fast: setup
 	$(PY) -m pytest -m "not slow and not gpu" tests
 
+# The air-gapped GPU box on the CPU (DESIGN.md §6): its package versions in .venv-box, the pack on PYTHONPATH,
+# scripts/gpu_box.sh end to end on a tiny shape, every test module collected; offline (docs/gpu.md). CI runs it.
+box-sim: setup
+	PYTHON_SYS=$(PYTHON_SYS) bash scripts/box_sim.sh
+
+# pyproject.toml's lower bounds, tested: test-fast's tests in .venv-floors with each bounded dependency at its
+# floor (torch: the one at hand) (docs/install.md). CI runs it.
+floors:
+	PYTHON_SYS=$(PYTHON_SYS) bash scripts/floors.sh
+
 demo: setup
 	$(PY) -m sdft_lab.demo
 
@@ -65,4 +75,4 @@ screenshots: setup
 	$(PY) scripts/screenshots.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .venv-box .venv-floors .pytest_cache

@@ -11,7 +11,8 @@ per step and rollout length (or those given):
     peak allocated memory in GiB, and SDFT/SFT;
   - rollout tokens/s on the same prompts: the lean sampler's static step (captured as a CUDA graph) and its
     eager loop, model.generate with its dynamic and its static cache.
-Every figure is written to bench/results/gpu_check-DATE.json as soon as its shape is measured. The targets
+Every figure is written to bench/results/gpu_check-DATE.json as soon as it is measured (each rollout engine's
+too, the graph first), and each stage of the build prints a timestamped line. The targets
 (7B at 4 prompts: peak ≤ 14 GiB, what a 16 GB card (14.9 GiB) leaves beside the CUDA context; SDFT/SFT ≤ 3×) are printed as met or not and never
 change the exit status: the GPU tests run after this whatever it finds. Without a GPU it exits with 2;
 `--allow-cpu --shapes tiny` runs the same code on a tiny shape on the CPU (the tests do).
@@ -33,6 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -46,6 +48,12 @@ TINY_SETTINGS = {"lora_r": 16, "batch_size": 2, "max_new_tokens": 8}
 PHASES = ("sample_s", "teacher_s", "student_fwd_s", "backward_s", "optim_s")
 QUESTION_WORDS, DEMO_WORDS = 90, 220  # ≈ 120-token questions and ≈ 300-token demonstrations
 GIB = 2**30
+START = time.perf_counter()
+
+
+def log(message: str) -> None:
+    """A timestamped line: a check cut at its limit says which stage it was in."""
+    print(f"[{datetime.datetime.now():%H:%M:%S} +{time.perf_counter() - START:.0f} s] {message}", flush=True)
 
 
 def tokenizer_path() -> Path:
@@ -68,9 +76,10 @@ def settings(shape: str) -> dict:
     return {"lora_r": p.lora_r, "batch_size": p.batch_size, "max_new_tokens": p.max_new_tokens}
 
 
-def random_checkpoint(shape: str, folder: Path, dtype: torch.dtype) -> Path:
+def random_checkpoint(shape: str, folder: Path, dtype: torch.dtype, device: str = "cpu") -> Path:
     """A model folder with random weights of the preset's shape: the config, the tokenizer and safetensors
-    shards written one tensor at a time (no copy of the whole model in memory, at any precision)."""
+    shards written one tensor at a time (no copy of the whole model in memory, at any precision). The weights
+    are drawn on `device`: a 7B's 7.6e9 normal draws take minutes on a CPU and a second on a GPU."""
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Qwen2Config
 
@@ -85,22 +94,26 @@ def random_checkpoint(shape: str, folder: Path, dtype: torch.dtype) -> Path:
     if config.tie_word_embeddings:
         names.pop("lm_head.weight", None)
     folder.mkdir(parents=True, exist_ok=True)
-    generator = torch.Generator().manual_seed(0)
-    shard, shard_bytes, index = {}, 0, {}
+    generator = torch.Generator(device).manual_seed(0)
+    shard, shard_bytes, index, draw_s = {}, 0, {}, 0.0
 
     def flush() -> None:
-        nonlocal shard, shard_bytes
+        nonlocal shard, shard_bytes, draw_s
         if shard:
             name = f"model-{len(set(index.values())) + 1:05d}.safetensors"
+            t = time.perf_counter()
             save_file(shard, folder / name, metadata={"format": "pt"})
+            log(f"{shape}: random weights {name}, {shard_bytes / GIB:.2f} GiB: drawn on {device} in {draw_s:.1f} s, "
+                f"written in {time.perf_counter() - t:.1f} s")
             index.update({k: name for k in shard})
-            shard, shard_bytes = {}, 0
+            shard, shard_bytes, draw_s = {}, 0, 0.0
 
     for name, (shape_, is_norm) in names.items():
-        t = torch.ones(shape_, dtype=dtype) if is_norm else (
-            torch.randn(shape_, generator=generator) * 0.02).to(dtype) if not name.endswith("bias") else \
-            torch.zeros(shape_, dtype=dtype)
-        shard[name], shard_bytes = t, shard_bytes + t.numel() * t.element_size()
+        t = time.perf_counter()
+        w = torch.ones(shape_, dtype=dtype) if is_norm else torch.zeros(shape_, dtype=dtype) if name.endswith(
+            "bias") else (torch.randn(shape_, generator=generator, device=device) * 0.02).to(dtype).cpu()
+        draw_s += time.perf_counter() - t
+        shard[name], shard_bytes = w, shard_bytes + w.numel() * w.element_size()
         if shard_bytes > 2 * GIB:
             flush()
     flush()
@@ -115,10 +128,13 @@ def build(shape: str, device: str, folder: Path):
     from sdft_lab import StudentConfig, add_student, load
     from sdft_lab.models import compute_dtype
 
-    random_checkpoint(shape, folder, compute_dtype(device))
+    random_checkpoint(shape, folder, compute_dtype(device), device)
+    t = time.perf_counter()
     model, tok = load(str(folder), quantization="nf4", device=device)
+    log(f"{shape}: NF4 load in {time.perf_counter() - t:.1f} s")
     s = settings(shape)
     model = add_student(model, StudentConfig(r=s["lora_r"], alpha=2 * s["lora_r"]))
+    log(f"{shape}: student added (LoRA r {s['lora_r']})")
     return model, tok, s
 
 
@@ -174,10 +190,12 @@ def measure_steps(model, tok, method: str, prompts: int, new_tokens: int, steps:
     return out
 
 
-def rollout_speed(model, tok, prompts: int, new_tokens: int, device: str) -> dict:
+def rollout_speed(model, tok, prompts: int, new_tokens: int, device: str) -> Iterator[dict]:
     """Rollout tokens/s, each on the same prompts: the lean sampler through its static step (a CUDA graph on a
-    GPU) and eagerly, and model.generate with its dynamic and its static cache (not compiled). "lean_engine"
-    says whether the graph was captured; an engine that fails records its error instead of a speed."""
+    GPU) and eagerly, and model.generate with its dynamic and its static cache (not compiled). Yields each
+    engine's figures as soon as it is measured, the graph first: the target needs it, and a check cut at its
+    time limit keeps what it measured. "lean_engine" says whether the graph was captured; an engine that fails
+    records its error instead of a speed."""
     from sdft_lab import sampler
     from sdft_lab.prompts import PromptConfig, left_pad, student_ids
 
@@ -192,24 +210,28 @@ def rollout_speed(model, tok, prompts: int, new_tokens: int, device: str) -> dic
                # eager: transformers would compile the forward for a static cache, minutes for a 7B on the box
                "hf_static": lambda n: model.generate(input_ids=ids, max_new_tokens=n, min_new_tokens=n,
                                                      cache_implementation="static", disable_compile=True, **hf)}
-    speed, was_training = {}, model.training
+    was_training = model.training
     model.eval()
-    for name, run in engines.items():
-        try:
-            with torch.no_grad():
-                run(8)  # warm-up: kernels, the graph's capture
-                sync(device)
-                t = time.perf_counter()
-                y = run(new_tokens)
-                sync(device)
-            new = y[0] if isinstance(y, tuple) else y[:, ids.shape[1]:]
-            speed[f"{name}_tokens_per_s"] = new.numel() / (time.perf_counter() - t)
-            if name == "lean":
-                speed["lean_engine"] = y[1]
-        except Exception as err:  # noqa: BLE001 - a figure per engine; one that fails is recorded, not fatal
-            speed[f"{name}_error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
-    model.train(was_training)
-    return speed
+    try:
+        for name, run in engines.items():
+            try:
+                with torch.no_grad():
+                    run(8)  # warm-up: kernels, the graph's capture
+                    sync(device)
+                    t = time.perf_counter()
+                    y = run(new_tokens)
+                    sync(device)
+                new = y[0] if isinstance(y, tuple) else y[:, ids.shape[1]:]
+                speed = {f"{name}_tokens_per_s": new.numel() / (time.perf_counter() - t)}
+                if name == "lean":
+                    speed["lean_engine"] = y[1]
+            except Exception as err:  # noqa: BLE001 - a figure per engine; one that fails is recorded, not fatal
+                speed = {f"{name}_error": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"}
+            log(f"rollouts, {name}: " + ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}"
+                                                  for k, v in speed.items()))
+            yield speed
+    finally:
+        model.train(was_training)
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -283,10 +305,12 @@ def main(argv: list[str] | None = None) -> int:
             for method in ("sft", "sdft"):
                 r[method] = measure_steps(model, tok, method, n, tokens, args.steps, device)
                 write_json(path, results)
+                log(f"{shape} × {n} prompts, {method}: {r[method]['s_per_step']:.2f} s/step")
             sft, sdft = r["sft"], r["sdft"]
             r["sdft_over_sft"] = sdft["s_per_step"] / sft["s_per_step"]
-            r.update(rollout_speed(model, tok, n, tokens, device))
-            write_json(path, results)
+            for speed in rollout_speed(model, tok, n, tokens, device):
+                r.update(speed)
+                write_json(path, results)
             vram = "" if sdft["peak_gib"] is None else f", peak {sdft['peak_gib']:.1f} GiB"
             print(f"{shape:>13} × {n:>2} prompts × {tokens} tokens, r {s['lora_r']}: SFT {sft['s_per_step']:.2f} s, "
                   f"SDFT {sdft['s_per_step']:.2f} s ({r['sdft_over_sft']:.1f}×; sample {sdft['sample_s']:.2f}, teacher "

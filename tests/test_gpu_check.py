@@ -40,6 +40,31 @@ def test_the_same_code_runs_on_a_tiny_shape_on_the_cpu_and_checks_what_it_measur
     assert result["targets"] == []  # the 7B targets: reported for the 7B shape only, never an exit status
 
 
+def test_a_check_cut_after_the_first_rollout_engine_has_written_that_engines_figure(tmp_path, monkeypatch):
+    """The box's time limit stops the check as the second rollout engine starts: the JSON already holds the first
+    engine's figure, the graph decode's (the one the 7B target needs). Break it fails on (made once): the rollout
+    figures written only after all four engines."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    import gpu_check
+
+    from sdft_lab import sampler
+
+    generate = sampler.generate
+
+    def cut(*args, static=None, **kwargs):
+        if static is False:  # only the check's second engine, the eager lean step, asks for it by name
+            raise KeyboardInterrupt  # what a timeout's signal does to the process
+        return generate(*args, static=static, **kwargs)
+
+    monkeypatch.setattr(sampler, "generate", cut)
+    with pytest.raises(KeyboardInterrupt):
+        gpu_check.main(["--allow-cpu", "--shapes", "tiny", "--prompts", "2", "--new-tokens", "8", "--steps", "1",
+                        "--out", str(tmp_path)])
+    row = json.loads(next(tmp_path.glob("gpu_check-*.json")).read_text())["shapes"]["tiny"]["by_prompts"]["2"]
+    assert row["lean_tokens_per_s"] > 0 and row["lean_engine"] == "static"
+    assert "lean_eager_tokens_per_s" not in row and "hf_tokens_per_s" not in row
+
+
 def test_the_pack_for_an_air_gapped_box_is_small_and_shadows_the_installed_packages(tmp_path):
     """scripts/pack_gpu_box.py: bitsandbytes with one CUDA library, gguf and the tokenizer, under 48 MiB; with
     the folder on PYTHONPATH its copies are the ones imported."""
