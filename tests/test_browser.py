@@ -1,16 +1,19 @@
 """The lab as a workshop participant sees it: JupyterLab in a real browser, notebooks run with Run All.
 
-JupyterLab starts on a free local port with a token, over copies of notebooks 02 and 00 in smoke mode;
+JupyterLab starts on a free local port with a token, over copies of all five notebooks in smoke mode;
 headless Chromium (Debian's `chromium`, driven by playwright from PyPI: no browser download) opens each,
 runs all cells, and the test fails on a JavaScript error, an "Error displaying widget", a cell that
-raised, a warning printed in a cell (the red block a participant would see), or a stepper that does not
-redraw after a control changes. Screenshots go to $SDFT_LAB_SCREENSHOTS (default: a temporary folder).
+raised, a library's warning printed in a cell (the red block a participant would see), a plotly figure that
+does not render (no renderer, or no drawn SVG), or, in notebook 02, a stepper that does not redraw after a
+lever changes. Each notebook's kernel is shut down after its run. Screenshots go to $SDFT_LAB_SCREENSHOTS
+(default: a temporary folder).
 
     make browser-test     # this file alone; `make test` runs it too when Chromium is installed
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -19,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -27,7 +31,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 ROOT = Path(__file__).parent.parent
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-NOTEBOOKS = ("02_token_diffs.ipynb", "00_quickstart.ipynb")
+NOTEBOOKS = tuple(sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb")))  # all five
 
 
 def free_port() -> int:
@@ -123,21 +127,72 @@ def run_all(chromium, lab, name: str):
 
 
 def cell_problems(page) -> list[str]:
-    """Tracebacks, warnings and widget errors that a participant would see under the cells."""
+    """Tracebacks, warnings and widget errors that a participant would see under the cells (widget output
+    areas included: the stepper's and the live diff's)."""
     problems = []
     for text in page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']").all_inner_texts():
-        if any(word in text for word in ("Error", "Warning", "Traceback", "warn")):
+        if any(word in text for word in ("Error", "Warning", "Traceback", "warn", "Failed to load")):
             problems.append(text[:500])
     problems += page.locator(".jp-OutputArea-output", has_text="Error displaying widget").all_inner_texts()
     return problems
 
 
+def save(page, lab, name: str) -> dict:
+    """File → Save, then the saved notebook (outputs included) as the server wrote it."""
+    path = lab[2] / "notebooks" / name
+    before = path.stat().st_mtime_ns
+    page.locator(".lm-MenuBar-itemLabel", has_text="File").first.click()
+    page.locator("li.lm-Menu-item[data-command='docmanager:save']").click()
+    for _ in range(60):
+        page.wait_for_timeout(500)
+        if path.stat().st_mtime_ns != before:
+            break
+    page.wait_for_timeout(500)
+    return json.loads(path.read_text())
+
+
+def figure_problems(page, saved: dict) -> list[str]:
+    """Plotly figures that did not render. JupyterLab draws each with jupyterlab-plotly into a
+    .jp-RenderedPlotly node holding SVG; without the renderer it shows the figure's text instead. So every
+    plotly output of the saved notebook needs a drawn figure in the page (the widgets' figures come on top),
+    and every figure node its SVG."""
+    outputs = sum("application/vnd.plotly.v1+json" in out.get("data", {}) for cell in saved["cells"]
+                  for out in cell.get("outputs", []))
+    nodes = page.locator(".jp-RenderedPlotly")
+    drawn = sum(nodes.nth(i).locator(".main-svg").count() > 0 for i in range(nodes.count()))
+    problems = [t[:200] for t in page.locator(".jp-OutputArea-output", has_text="No renderer could be found").all_inner_texts()]
+    if drawn < nodes.count():
+        problems.append(f"{nodes.count() - drawn} of {nodes.count()} plotly figures drew no SVG")
+    if drawn < outputs:
+        problems.append(f"the cells output {outputs} plotly figures; {drawn} were drawn")
+    return problems
+
+
+def shut_down_kernels(lab) -> None:
+    """Every running kernel of the server, shut down: five notebooks' models would otherwise stay in memory."""
+    url, token, _ = lab
+    headers = {"Authorization": f"token {token}"}
+    with urllib.request.urlopen(urllib.request.Request(f"{url}/api/kernels", headers=headers), timeout=30) as r:
+        kernels = json.loads(r.read())
+    for k in kernels:
+        urllib.request.urlopen(urllib.request.Request(f"{url}/api/kernels/{k['id']}", headers=headers,
+                                                      method="DELETE"), timeout=60).close()
+
+
+def check_notebook(chromium, lab, name: str):
+    """Run All on `name`; fail on console errors, cell problems and figures that do not render; the page."""
+    page, errors = run_all(chromium, lab, name)
+    page.screenshot(path=str(screenshots() / f"{Path(name).stem}.png"), full_page=True)
+    assert not errors, f"{name}: JavaScript console errors: {errors}"
+    assert not cell_problems(page), f"{name}: {cell_problems(page)}"
+    saved = save(page, lab, name)
+    assert not figure_problems(page, saved), f"{name}: {figure_problems(page, saved)}"
+    return page
+
+
 def test_token_diffs_notebook_runs_and_its_stepper_redraws(chromium, lab):
-    page, errors = run_all(chromium, lab, "02_token_diffs.ipynb")
-    out = screenshots()
-    page.screenshot(path=str(out / "02_token_diffs.png"), full_page=True)
-    assert not errors, f"JavaScript console errors: {errors}"
-    assert not cell_problems(page), cell_problems(page)
+    page = check_notebook(chromium, lab, "02_token_diffs.ipynb")
+    assert page.locator(".jp-RenderedPlotly .main-svg").count() >= 4  # 2 in cells, the stepper's and the live diff's
 
     stepper = page.locator(".widget-vbox", has=page.locator("button", has_text="resample")).first
     stepper.scroll_into_view_if_needed()
@@ -152,23 +207,37 @@ def test_token_diffs_notebook_runs_and_its_stepper_redraws(chromium, lab):
                 return
         pytest.fail(f"the stepper did not redraw after {what}")
 
-    # Both change what is drawn whatever the sampler draws (a resample of 8 tokens may repeat the rollout):
-    # without the demonstration the teacher scores differently; another example has another question.
-    redraws(lambda: stepper.locator("input[type=checkbox]").first.click(), "the demonstration was switched off")
+    # Each changes what is drawn whatever the sampler draws (a resample of 8 tokens may repeat the rollout):
+    # without the demonstration the teacher scores differently; the evidence mask dashes the tokens it drops
+    # (the checkboxes in order: the demonstration, guided, the evidence mask); a typed demonstration changes
+    # the teacher's probabilities; another example has another question.
+    boxes = stepper.locator("input[type=checkbox]")
+    redraws(lambda: boxes.nth(0).click(), "the demonstration was switched off")
+    redraws(lambda: boxes.nth(0).click(), "the demonstration was switched back on")
+    redraws(lambda: boxes.nth(2).click(), "the evidence mask was switched on")
+
+    def type_and_rescore():
+        stepper.locator("textarea").first.fill("The capital of Velmora is Brindlemoor, by the sea.")
+        stepper.locator("button", has_text="re-score").first.click()
+
+    redraws(type_and_rescore, "a typed demonstration was re-scored")
+    assert "your demonstration" in stepper.inner_text()
     redraws(lambda: stepper.locator("select").first.select_option(index=1), "another example was picked")
     assert "What is the capital city of Velmora?" not in diff.inner_text()
-    stepper.screenshot(path=str(out / "stepper.png"))
+    stepper.screenshot(path=str(screenshots() / "stepper.png"))
     # every label and option is shown whole: no element of the stepper is wider than its box
     cut = page.evaluate("""(root) => [...root.querySelectorAll('label, .widget-label, select, button')]
         .filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.textContent.trim().slice(0, 60))""",
                         stepper.element_handle())
     assert not cut, f"cut-off labels: {cut}"
     page.close()
+    shut_down_kernels(lab)
 
 
-def test_quickstart_notebook_runs_clean(chromium, lab):
-    page, errors = run_all(chromium, lab, "00_quickstart.ipynb")
-    page.screenshot(path=str(screenshots() / "00_quickstart.png"), full_page=True)
-    assert not errors, f"JavaScript console errors: {errors}"
-    assert not cell_problems(page), cell_problems(page)
+@pytest.mark.parametrize("name", [n for n in NOTEBOOKS if n != "02_token_diffs.ipynb"])
+def test_notebook_runs_clean_and_draws_its_figures(chromium, lab, name):
+    """Break it fails on (made once): the drawn plotly figures removed from the page before the check
+    (00: "the cells output 2 plotly figures; 0 were drawn")."""
+    page = check_notebook(chromium, lab, name)
     page.close()
+    shut_down_kernels(lab)
