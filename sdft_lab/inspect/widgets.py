@@ -42,12 +42,12 @@ def divergence_curve(diffs: list[TokenDiff], names: list[str] | None = None, tit
                      unit: str = "nats per token") -> go.Figure:
     """inspect.diffs.divergence_figure with one unit on the y axis and the token view's colours: lines in
     neutral greys, each token's marker coloured by its log-ratio as in to_html (blue: the teacher finds the
-    token likelier than the student does; red: less likely), hollow where the loss leaves the token out."""
+    token likelier than the student does; red: less likely), faded where the loss leaves the token out."""
     fig = divergence_figure(diffs, names, title)
     for trace, d, colour in zip(fig.data, diffs, NEUTRAL * len(diffs)):
         trace.line.color = colour
-        trace.marker.update(size=8, color=[log_ratio_color(r) for r in d.log_ratio], line=dict(color=colour, width=1),
-                            symbol=["circle" if keep else "circle-open" for keep in d.in_loss])
+        trace.marker.update(size=11, color=[log_ratio_color(r) for r in d.log_ratio], line=dict(color=colour, width=1),
+                            opacity=[1.0 if keep else 0.35 for keep in d.in_loss])
     fig.update_layout(yaxis_title=f"divergence ({unit})", xaxis_title="completion token (position)",
                       showlegend=len(diffs) > 1)
     return fig
