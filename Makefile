@@ -32,7 +32,7 @@ test: setup $(EXTRAS)
 	$(PY) -m pytest tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "ERROR: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
-# JupyterLab in headless Chromium: Run All on notebooks 02 and 00, no JS / widget / cell errors, a stepper
+# JupyterLab in headless Chromium: Run All on all five notebooks, no JS / widget / cell errors or warnings, a stepper
 # that redraws; screenshots in $$SDFT_LAB_SCREENSHOTS. Needs Debian's chromium (apt-get install chromium).
 browser-test: setup $(EXTRAS)
 	$(PY) -m pytest -m browser -rs tests/test_browser.py
