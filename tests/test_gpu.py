@@ -36,7 +36,7 @@ def model_path(tmp_path_factory) -> str:
 
     from sdft_lab.models import compute_dtype
 
-    return str(random_checkpoint("tiny", tmp_path_factory.mktemp("random-model"), compute_dtype("cuda")))
+    return str(random_checkpoint("tiny", tmp_path_factory.mktemp("random-model"), compute_dtype("cuda"), "cuda"))
 
 
 def logits_of(model, tok):

@@ -66,8 +66,9 @@ def test_a_check_cut_after_the_first_rollout_engine_has_written_that_engines_fig
 
 
 def test_the_pack_for_an_air_gapped_box_is_small_and_shadows_the_installed_packages(tmp_path):
-    """scripts/pack_gpu_box.py: bitsandbytes with one CUDA library, gguf and the tokenizer, under 48 MiB; with
-    the folder on PYTHONPATH its copies are the ones imported."""
+    """scripts/pack_gpu_box.py: bitsandbytes with one CUDA library, gguf, peft and the tokenizer, under 48 MiB;
+    with the folder on PYTHONPATH its copies are the ones imported, and importlib.metadata (accelerate's check
+    for bitsandbytes) finds their dist-info. Break it fails on (made once): the pack without the dist-info."""
     pack = tmp_path / "box"
     subprocess.run([sys.executable, Path(__file__).parent.parent / "scripts" / "pack_gpu_box.py", "--out", pack],
                    check=True, capture_output=True, text=True)
@@ -75,9 +76,11 @@ def test_the_pack_for_an_air_gapped_box_is_small_and_shadows_the_installed_packa
     assert libraries == ["libbitsandbytes_cpu.so", "libbitsandbytes_cuda130.so"]
     assert (pack / "gguf" / "__init__.py").is_file() and (pack / "tokenizer" / "tokenizer.json").is_file()
     assert sum(p.stat().st_size for p in pack.rglob("*") if p.is_file()) < 48 * 2**20
-    out = subprocess.run([sys.executable, "-c", "import bitsandbytes, gguf; print(bitsandbytes.__file__, gguf.__file__)"],
-                         env={**os.environ, "PYTHONPATH": str(pack)}, check=True, capture_output=True, text=True)
-    assert all(path.startswith(str(pack)) for path in out.stdout.split())
+    script = ("import importlib.metadata as md, bitsandbytes, gguf, peft\n"
+              "for m in (bitsandbytes, gguf, peft): print(m.__file__, md.distribution(m.__name__).locate_file(''))")
+    out = subprocess.run([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": str(pack)}, check=True,
+                         capture_output=True, text=True)
+    assert len(out.stdout.split()) == 6 and all(path.startswith(str(pack)) for path in out.stdout.split())
 
 
 def test_the_core_runs_without_what_the_box_lacks(tmp_path):
