@@ -41,7 +41,7 @@ browser-test: setup $(EXTRAS)
 test-fast: setup
 	$(PY) -m pytest -m "not slow and not gpu" tests
 
-# The air-gapped GPU box on the CPU (DESIGN.md §6): its package versions in .venv-box, the pack on PYTHONPATH,
+# The air-gapped GPU box on the CPU (docs/gpu.md): its package versions in .venv-box, the pack on PYTHONPATH,
 # scripts/gpu_box.sh end to end on a tiny shape, every test module collected; offline (docs/gpu.md). CI runs it.
 box-sim: setup
 	PYTHON_SYS=$(PYTHON_SYS) bash scripts/box_sim.sh

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make box-sim`: the air-gapped GPU box (DESIGN.md §6) simulated on the CPU, offline (docs/gpu.md).
+# `make box-sim`: the air-gapped GPU box simulated on the CPU, offline (docs/gpu.md).
 # .venv-box holds the box's package versions and none of the packages it lacks; the pack goes on PYTHONPATH the
 # way the box gets it; scripts/gpu_box.sh runs end to end with --allow-cpu on a tiny shape; then every test module
 # is collected under `-m gpu`, as pytest does on the box before it filters by marker.

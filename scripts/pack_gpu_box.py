@@ -3,7 +3,7 @@
     python scripts/pack_gpu_box.py                 # from the set-up checkout (make setup): writes .gpu_box/
     python scripts/pack_gpu_box.py --cuda 128      # for a box whose torch is built for CUDA 12.8
 
-The box the GPU check is made for (DESIGN.md §6) has torch, transformers, accelerate, safetensors, pytest and a
+The box the GPU check is made for (docs/gpu.md) has torch, transformers, accelerate, safetensors, pytest and a
 peft of unrecorded version, and no network, no bitsandbytes and no gguf. This copies, from this machine's
 environment, each package with its .dist-info (importlib.metadata, which accelerate and transformers ask, reads it):
   bitsandbytes/   its Python files, the one CUDA library the box's torch loads (libbitsandbytes_cudaXYZ.so)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-# not on the GPU box (DESIGN.md §6), where pytest still collects this module
+# not on the GPU box (docs/gpu.md), where pytest still collects this module
 nbformat = pytest.importorskip("nbformat", reason="nbformat reads notebook 00: pip install jupyterlab")
 
 from sdft_lab import SDFT, SDFTConfig, load_dataset

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-# before the imports below: the GPU box (DESIGN.md §6) has neither lm-eval nor plotly, and pytest collects
+# before the imports below: the GPU box (docs/gpu.md) has neither lm-eval nor plotly, and pytest collects
 # every module before it filters by marker
 pytest.importorskip("lm_eval", reason="lm-eval is an optional extra: pip install -e .[lmeval] (make test installs it)")
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-# Jupyter's packages: not on the GPU box (DESIGN.md §6), where pytest still collects this module
+# Jupyter's packages: not on the GPU box (docs/gpu.md), where pytest still collects this module
 nbformat = pytest.importorskip("nbformat", reason="nbformat reads the notebooks: pip install jupyterlab")
 NotebookClient = pytest.importorskip("nbclient", reason="nbclient runs the notebooks: pip install jupyterlab").NotebookClient
 

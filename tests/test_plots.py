@@ -3,7 +3,7 @@ a title and each phase's mean on the phase chart; stepper labels and options are
 
 import pytest
 
-# the notebooks' packages: not on the GPU box (DESIGN.md §6), where pytest still collects this module
+# the notebooks' packages: not on the GPU box (docs/gpu.md), where pytest still collects this module
 pytest.importorskip("plotly", reason="plotly draws the figures: pip install plotly")
 pytest.importorskip("ipywidgets", reason="ipywidgets draws the stepper: pip install ipywidgets")
 
