@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from ..models import load
 from ..report import machine
 from ..trainer import Trainer
 from .runs import student_of
-from .search import DOCS, STEPS, SYSTEMS, run_config, settings_of
+from .search import DOCS, STEPS, SYSTEMS, retention_se, run_config, settings_of
 
 STAGES = (("A", 0, 8), ("B", 8, 16), ("C", 16, 24))  # batch name, first and end fact (facts sorted by id)
 SEEDS = (0, 1, 2)
@@ -43,7 +42,7 @@ RULE = ("Each method's configuration is its point of the QA sweep (docs/frontier
 
 def best_settings(sweep: dict) -> dict[str, dict]:
     """RULE applied to a QA sweep: {method: settings}."""
-    se = math.sqrt(sweep["base_retention"] * (1 - sweep["base_retention"]) / sweep["n_probes"])
+    se = retention_se(sweep["base_retention"], sweep["n_probes"])
     trials = {t["name"]: t["settings"] for t in sweep["trials"]}
     out = {}
     for method in ("sft", "sdft"):

@@ -28,10 +28,11 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..eval import load_probes, mc_accuracy
+from ..eval import load_knowledge, load_probes, mc_accuracy
+from ..eval.knowledge import score_qa
 from ..models import load
 from ..report import machine
-from .search import DOCS, STEPS, fmt, name_of, settings_of, trial
+from .search import DOCS, STEPS, fmt, name_of, retention_se, settings_of, trial
 
 SEEDS = (0, 1, 2)
 # family: (method, changes to search.START, learning rates, seeds); each family is swept over its rates.
@@ -119,11 +120,9 @@ def frontier(out: Path, seeds: tuple[int, ...] = SEEDS, families: list[str] | No
     probes = load_probes()
     results = json.loads(path.read_text()) if path.exists() else {
         "date": time.strftime("%Y-%m-%d"), "machine": machine(next(base.parameters()).device), "sweep": sweep,
-        "rule": RULE + (" " + QA_RULE if qa else ""),
-        "families": {f: {"method": m, "changes": c, "lrs": list(lrs), "seeds": list(ss)}
-                     for f, (m, c, lrs, ss) in table_of.items()},
+        "rule": RULE + (" " + QA_RULE if qa else ""), "families": {},
         "base_retention": mc_accuracy(base, tok, probes)["overall"], "n_probes": len(probes), "trials": []}
-    results["families"].update({f: {"method": m, "changes": c, "lrs": list(lrs), "seeds": list(ss)}  # ones added since
+    results["families"].update({f: {"method": m, "changes": c, "lrs": list(lrs), "seeds": list(ss)}  # new and added
                                 for f, (m, c, lrs, ss) in table_of.items()})
     done = {(t["name"], t["seed"]) for t in results["trials"]}
     cache: dict = {}
@@ -235,7 +234,7 @@ def verdicts(results: dict, reference: str = "SFT", z: float = 2.0, gains: tuple
     sft = [p for p in pts if p["family"] == reference and len(p["seeds"]) > 1]
     if len(sft) < 2:
         return {}
-    se_base = math.sqrt(results["base_retention"] * (1 - results["base_retention"]) / results["n_probes"])
+    se_base = retention_se(results["base_retention"], results["n_probes"])
     out = {"per_point": [], "ahead": {}}
     for p in pts:
         if p["method"] != "sdft" or len(p["seeds"]) < 2:
@@ -269,7 +268,7 @@ PAIR_RULE = ("The workshop pair (recipes.workshop_knowledge): the guided-SDFT co
 def workshop_pair(results: dict) -> tuple[dict, dict]:
     """PAIR_RULE applied: (guided-SDFT point, SFT point)."""
     pts = results["points"]
-    se = math.sqrt(results["base_retention"] * (1 - results["base_retention"]) / results["n_probes"])
+    se = retention_se(results["base_retention"], results["n_probes"])
     ok = [p for p in pts if p["family"].startswith("SDFT guided") and len(p["seeds"]) >= len(SEEDS)
           and p["retention"]["mean"] >= results["base_retention"] - se]
     sdft = max(ok, key=lambda p: p["answer"]["mean"])
@@ -355,15 +354,13 @@ def answers_table(results: dict, seed: int = FRESH[0], kind: str = "direct") -> 
     """Markdown: each held-out question of `kind` with its accepted answer, the base's greedy answer, and the
     answer of every configuration of the QA sweep trained with `seed` (✓: an accepted answer appears). Model
     text is HTML-escaped, and its pipes and line breaks kept out of the table."""
-    from ..eval import load_knowledge
-
     _, items = load_knowledge().first(8)
     trials = sorted((t for t in results["trials"] if t["seed"] == seed and "qa_answers" in t),
                     key=lambda t: (t["method"], t["settings"]["lr"]))
 
     def cell(text: str, accepted: list[str]) -> str:
-        ok = any(a.lower() in text.lower() for a in accepted)
-        return ("✓ " if ok else "") + html.escape(" ".join(text.split())).replace("|", "\\|")
+        lenient = score_qa(text, accepted, [])[1]
+        return ("✓ " if lenient else "") + html.escape(" ".join(text.split())).replace("|", "\\|")
 
     heads = ["question", "accepted", "base"] + [f"{t['method'].upper()} lr {t['settings']['lr']:g}" for t in trials]
     lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]

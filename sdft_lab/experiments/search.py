@@ -139,9 +139,14 @@ RULE = ("The recipe of a method is its configuration with the highest mean passa
         "the n probes); phase 1 ranks by the same rule on seed 0.")
 
 
+def retention_se(base_retention: float, n_probes: int) -> float:
+    """One standard error of the base's retention accuracy over n probes: sqrt(p (1 - p) / n)."""
+    return math.sqrt(base_retention * (1 - base_retention) / n_probes)
+
+
 def summary(trials: list[dict], base_retention: float, n_probes: int) -> list[dict]:
     """One row per configuration: mean ± sd over its seeds, and whether its retention passes the rule."""
-    se = math.sqrt(base_retention * (1 - base_retention) / n_probes)
+    se = retention_se(base_retention, n_probes)
     rows: dict[str, list[dict]] = {}
     for t in trials:
         rows.setdefault(t["name"], []).append(t)
