@@ -7,7 +7,7 @@ import math
 import pytest
 
 from conftest import tiny_llama
-from sdft_lab.experiments.continual import STAGES, batches, best_settings, continual, table
+from sdft_lab.experiments.continual import STAGES, batches, best_settings, continual, merge, table
 
 
 def test_the_stages_are_three_disjoint_batches_of_eight_facts_with_their_paraphrases():
@@ -55,3 +55,25 @@ def test_a_tiny_run_measures_every_earlier_batch_after_every_stage(tokenizer, tm
     assert list(fig.data[0].x) == ["base", "after A", "after B", "after C"] and fig.data[0].y[0] is not None
     again = continual(tmp_path, seeds=(0,), settings=settings, steps=1, limit=2, model=(base, tokenizer))
     assert again["runs"] == results["runs"]
+    part = continual(tmp_path / "sdft", seeds=(0,), settings=settings, steps=1, limit=2, model=(base, tokenizer),
+                     methods=("sdft",))
+    assert [r["method"] for r in part["runs"]] == ["sdft"] and list(part["settings"]) == ["sdft"]
+
+
+def _part(method: str, seeds: tuple[int, ...], lr: float = 1e-3, retention: float = 0.6) -> dict:
+    return {"rule": "r", "steps": 24, "stages": ["A"], "base": {"retention": retention},
+            "settings": {method: {"lr": lr}}, "runs": [{"method": method, "seed": s, "stages": []} for s in seeds]}
+
+
+def test_merge_joins_runs_measured_apart_and_refuses_what_does_not_fit():
+    """Fails if merge drops or reorders a part's runs, or joins parts measured under a different base, rule or
+    configuration, or keeps a (method, seed) run twice."""
+    merged = merge([_part("sdft", (1, 0)), _part("sft", (0,)), _part("sdft", (2,))])
+    assert [(r["method"], r["seed"]) for r in merged["runs"]] == [("sdft", 0), ("sdft", 1), ("sdft", 2), ("sft", 0)]
+    assert merged["settings"] == {"sdft": {"lr": 1e-3}, "sft": {"lr": 1e-3}}
+    with pytest.raises(ValueError, match="'base'"):
+        merge([_part("sdft", (0,)), _part("sft", (0,), retention=0.5)])
+    with pytest.raises(ValueError, match="two configurations"):
+        merge([_part("sdft", (0,)), _part("sdft", (1,), lr=3e-3)])
+    with pytest.raises(ValueError, match="run twice"):
+        merge([_part("sdft", (0,)), _part("sdft", (0,))])

@@ -2,6 +2,8 @@
 
     python -m sdft_lab.experiments.continual --out runs/continual             # 3 seeds × 2 methods × 3 stages
     python -m sdft_lab.experiments.continual --out runs/continual --docs      # and docs/continual.json
+    python -m sdft_lab.experiments.continual --out runs/c1 --methods sdft --seeds 0 1   # one share of the runs;
+    python -m sdft_lab.experiments.continual --out runs/continual --merge runs/c1 runs/c2 --docs  # then join them
 
 The paper's title claim: a model that learns task after task keeps the earlier ones. Here the tasks are
 batches A, B, C of 8 invented facts each (data/knowledge, facts 1–8, 9–16, 17–24 by id), trained in that
@@ -79,8 +81,9 @@ def measure(model, tok, stage_items: dict, system, refs: dict, before: dict, pro
 
 
 def continual(out: Path, seeds: tuple[int, ...] = SEEDS, settings: dict[str, dict] | None = None,
-              steps: int = STEPS, limit: int | None = None, model=None) -> dict:
-    """Both methods, every seed, A → B → C. settings: {method: search settings} (default: RULE on the QA
+              steps: int = STEPS, limit: int | None = None, model=None,
+              methods: tuple[str, ...] = ("sft", "sdft")) -> dict:
+    """The methods, every seed, A → B → C. settings: {method: search settings} (default: RULE on the QA
     sweep); model: (base, tokenizer) instead of the bundled model. Resumable: (method, seed) runs already in
     out/continual.json are kept; the file is complete after every stage."""
     out.mkdir(parents=True, exist_ok=True)
@@ -89,6 +92,7 @@ def continual(out: Path, seeds: tuple[int, ...] = SEEDS, settings: dict[str, dic
     probes = load_probes()[:limit]
     if settings is None:
         settings = best_settings(json.loads((DOCS / "frontier_qa.json").read_text()))
+    settings = {m: s for m, s in settings.items() if m in methods}
     stages = list(batches(limit))
     system = SYSTEMS[next(iter(settings.values()))["system"]]
     results = json.loads(path.read_text()) if path.exists() else {
@@ -118,6 +122,25 @@ def continual(out: Path, seeds: tuple[int, ...] = SEEDS, settings: dict[str, dic
                                              **measure(model, tok, seen, system, refs, before, probes)})
                     path.write_text(json.dumps(results, indent=1))
     return results
+
+
+def merge(parts: list[dict]) -> dict:
+    """One results file from runs measured in separate processes (one core each): the same rule, settings, steps
+    and base measurement are required, and each (method, seed) may come from one part only."""
+    first = parts[0]
+    runs, settings = {}, {}
+    for part in parts:
+        for key in ("rule", "steps", "stages", "base"):
+            if part[key] != first[key]:
+                raise ValueError(f"continual results differ in {key!r}: measured under other settings; rerun them")
+        for m, s in part["settings"].items():
+            if settings.setdefault(m, s) != s:
+                raise ValueError(f"continual results give {m} two configurations; rerun one of them")
+        for r in part["runs"]:
+            if (r["method"], r["seed"]) in runs:
+                raise ValueError(f"{r['method']} seed {r['seed']} was run twice; keep one of the result files")
+            runs[r["method"], r["seed"]] = r
+    return {**first, "settings": settings, "runs": [runs[k] for k in sorted(runs)]}
 
 
 def table(results: dict, score: str = "qa", kind: str = "direct") -> str:
@@ -155,11 +178,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs") / "continual")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
+    parser.add_argument("--methods", nargs="+", choices=("sft", "sdft"), default=["sft", "sdft"])
+    parser.add_argument("--merge", type=Path, nargs="+", metavar="DIR",
+                        help="join these folders' continual.json into --out instead of training")
     parser.add_argument("--steps", type=int, default=STEPS, help="optimizer steps per stage")
     parser.add_argument("--limit", type=int, default=None, help="the first N held-out items and probes (smoke)")
     parser.add_argument("--docs", action="store_true", help="copy the results to docs/continual.json")
     args = parser.parse_args(argv)
-    results = continual(args.out, tuple(args.seeds), steps=args.steps, limit=args.limit)
+    if args.merge:
+        results = merge([json.loads((d / "continual.json").read_text()) for d in args.merge])
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "continual.json").write_text(json.dumps(results, indent=1))
+    else:
+        results = continual(args.out, tuple(args.seeds), steps=args.steps, limit=args.limit,
+                            methods=tuple(args.methods))
     print(table(results))
     if args.docs:
         (DOCS / "continual.json").write_text(json.dumps(results, indent=1))
