@@ -3,7 +3,7 @@
     from sdft_lab.lab import Settings, settings, setup
     SMOKE, RUNS = setup()
     RUN = settings(MODEL, cpu=Settings(batch_size=4, max_new_tokens=64, lr=1e-3), smoke=SMOKE)
-    RUN = workshop_run(MODEL, smoke=SMOKE)        # or the workshop recipe's SDFT run (recipes.py)
+    RUN, SFT_RUN = workshop_pair(MODEL, smoke=SMOKE)  # or the workshop recipe's pair (recipes.py)
 
 SMOKE is true when SDFT_LAB_SMOKE=1 (the test suite runs every notebook that way, in a minute or two);
 RUNS is SDFT_LAB_RUNS if set, else the repository's runs/ folder seen from notebooks/ (../runs); every
@@ -84,23 +84,28 @@ def settings(model: str, cpu: Settings, smoke: bool = False) -> Settings:
     return out._replace(batch_size=min(out.batch_size, 4), max_new_tokens=8) if smoke else out
 
 
-def workshop_run(model: str, smoke: bool = False) -> RunConfig:
-    """The SDFT half of recipes.workshop_knowledge for `model` (the frontier's settings for the bundled model,
-    a preset's on a GPU); smoke: one step of at most 4 prompts with 8-token rollouts."""
-    run, _ = workshop_knowledge(model=model)
-    if smoke:
-        run = replace(run, train=replace(run.train, steps=1, batch_size=min(run.train.batch_size, 4)),
-                      sdft=replace(run.sdft, max_new_tokens=8))
-    return run
+def workshop_pair(model: str, smoke: bool = False) -> tuple[RunConfig, RunConfig]:
+    """recipes.workshop_knowledge for `model`: (SDFT, SFT) at the frontier's settings for the bundled model, a
+    preset's on a GPU; smoke: one step of at most 4 prompts, SDFT's rollouts 8 tokens long."""
+    pair = workshop_knowledge(model=model)
+    if not smoke:
+        return pair
+    sdft, sft = (replace(run, train=replace(run.train, steps=1, batch_size=min(run.train.batch_size, 4)))
+                 for run in pair)
+    return replace(sdft, sdft=replace(sdft.sdft, max_new_tokens=8)), sft
 
 
-def answers_table(questions: list[str], columns: dict[str, list[str]], accepted: list[str] | None = None) -> str:
+def answers_table(questions: list[str], columns: dict[str, list[str]], accepted: list[str] | None = None,
+                  correct: dict[str, list[bool]] | None = None) -> str:
     """Answers side by side: one row per question, one column per source (e.g. "student before", "teacher").
-    Every piece of text is HTML-escaped. Display it with IPython.display.HTML."""
+    correct: per column, which answers to mark ✓. Every piece of text is HTML-escaped. Display it with
+    IPython.display.HTML."""
     head = ["question", *(["accepted"] if accepted else []), *columns]
+    marks = correct or {}
     rows = []
     for i, q in enumerate(questions):
-        cells = [q, *([accepted[i]] if accepted else []), *(col[i].strip() for col in columns.values())]
+        said = [("✓ " if k in marks and marks[k][i] else "") + col[i].strip() for k, col in columns.items()]
+        cells = [q, *([accepted[i]] if accepted else []), *said]
         rows.append("<tr>" + "".join(f'<td style="text-align:left;vertical-align:top">{html.escape(c)}</td>'
                                      for c in cells) + "</tr>")
     return ('<table class="sdft-answers" style="font-size:13px"><thead><tr>'

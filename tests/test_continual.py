@@ -48,11 +48,12 @@ def test_a_tiny_run_measures_every_earlier_batch_after_every_stage(tokenizer, tm
             assert all(set(t) >= {"qa", "qa_strict", "gain", "answers"} for t in s["tasks"].values())
     assert json.loads((tmp_path / "continual.json").read_text()) == results
     assert "| sdft | C (1 seeds) |" in table(results)
-    from sdft_lab.inspect.plots import continual_figure  # plotly: imported here, so the GPU box collects this file
+    from sdft_lab.inspect.plots import continual_figure, continual_forgetting  # plotly: imported here, so the GPU box collects this file
 
     fig = continual_figure(results)
     assert len(fig.data) == 2 * (len(STAGES) + 1)  # per method: a line per batch and retention
     assert list(fig.data[0].x) == ["base", "after A", "after B", "after C"] and fig.data[0].y[0] is not None
+    assert results["n_probes"] == 2 and len(continual_forgetting(results).data) == 2 * 2 + 1  # 2 panels × 2 methods, base
     again = continual(tmp_path, seeds=(0,), settings=settings, steps=1, limit=2, model=(base, tokenizer))
     assert again["runs"] == results["runs"]
     part = continual(tmp_path / "sdft", seeds=(0,), settings=settings, steps=1, limit=2, model=(base, tokenizer),
@@ -60,8 +61,8 @@ def test_a_tiny_run_measures_every_earlier_batch_after_every_stage(tokenizer, tm
     assert [r["method"] for r in part["runs"]] == ["sdft"] and list(part["settings"]) == ["sdft"]
 
 
-def _part(method: str, seeds: tuple[int, ...], lr: float = 1e-3, retention: float = 0.6) -> dict:
-    return {"rule": "r", "steps": 24, "stages": ["A"], "base": {"retention": retention},
+def _part(method: str, seeds: tuple[int, ...], lr: float = 1e-3, retention: float = 0.6, probes: int = 120) -> dict:
+    return {"rule": "r", "steps": 24, "stages": ["A"], "n_probes": probes, "base": {"retention": retention},
             "settings": {method: {"lr": lr}}, "runs": [{"method": method, "seed": s, "stages": []} for s in seeds]}
 
 
@@ -73,7 +74,30 @@ def test_merge_joins_runs_measured_apart_and_refuses_what_does_not_fit():
     assert merged["settings"] == {"sdft": {"lr": 1e-3}, "sft": {"lr": 1e-3}}
     with pytest.raises(ValueError, match="'base'"):
         merge([_part("sdft", (0,)), _part("sft", (0,), retention=0.5)])
+    with pytest.raises(ValueError, match="'n_probes'"):  # a smoke part (--limit) beside a full one
+        merge([_part("sdft", (0,)), _part("sft", (0,), probes=8)])
     with pytest.raises(ValueError, match="two configurations"):
         merge([_part("sdft", (0,)), _part("sdft", (1,), lr=3e-3)])
     with pytest.raises(ValueError, match="run twice"):
         merge([_part("sdft", (0,)), _part("sdft", (0,))])
+
+
+def test_reading_states_what_each_batch_reached_and_kept_from_the_results():
+    """Breaks it fails on: batch A read after its own stage at the end too (no forgetting could show), the
+    retention verdict against two SE instead of one, a method's runs mixed with the other's."""
+    from sdft_lab.experiments.continual import reading
+
+    def stage(qa_a, gain_a, qa_b=None, kept=0.6, drift=0.2):
+        tasks = {"A": {"qa": {"direct": qa_a}, "gain": {"answer": gain_a}}}
+        if qa_b is not None:
+            tasks["B"] = {"qa": {"direct": qa_b}, "gain": {"answer": 1.0}}
+        return {"tasks": tasks, "retention": kept, "drift": {"general": drift}}
+    base = {"tasks": {"A": {"qa": {"direct": 0.0}}, "B": {"qa": {"direct": 0.0}}}, "retention": 0.64}
+    results = {"stages": ["A", "B"], "n_probes": 100, "base": base, "settings": {"sft": {"lr": 3e-4}, "sdft": {"lr": 3e-3}},
+               "runs": [{"method": "sft", "seed": 0, "stages": [stage(0.5, 2.0), stage(0.25, 1.5, 0.7, kept=0.58)]},
+                        {"method": "sdft", "seed": 0, "stages": [stage(1.0, 9.0), stage(1.0, 9.0, 1.0)]}]}
+    text = reading(results).splitlines()[1]  # SFT's line: SDFT's perfect runs must not leak into it
+    assert text.startswith("SFT (1 seeds, lr 0.0003)")
+    assert "answers 60% of its direct questions (answer gain +1.50" in text  # (0.5 + 0.7) / 2, (2.0 + 1.0) / 2
+    assert "batch A: 50% → 25% and gain +2.00 → +1.50" in text
+    assert "retention after B 0.580 (-0.060, outside one SE" in text  # one SE: sqrt(.64 · .36 / 100) = 0.048

@@ -183,3 +183,18 @@ def test_the_docs_hold_the_qa_sweep_as_measured():
     text = (docs / "recipes.md").read_text()
     assert qa_table(sweep) in text and qa_table(sweep, "_fresh") in text, "regenerate docs/recipes.md's QA tables"
     assert QA_RULE in " ".join(text.split()) and all(line in text for line in qa_reading(sweep).splitlines())
+
+
+def test_qa_target_counts_only_points_that_kept_retention():
+    """Breaks it fails on: the retention filter left out (SFT's forgetful 50 % would reach the target), the
+    threshold read as "more than" 40 % instead of "40 % or more"."""
+    from sdft_lab.experiments.frontier import qa_target
+
+    def point(family, qa, kept):
+        return {"family": family, "lr": 1e-3, "qa_direct": {"mean": qa}, "retention": {"mean": kept}}
+    sweep = {"base_retention": 0.65, "n_probes": 120,  # one SE: 0.0435
+             "points": [point("SFT", 0.5, 0.55), point("SDFT", 0.25, 0.62)],
+             "points_fresh": [point("SDFT", 0.4, 0.64)]}
+    assert "not reached: the best is SDFT at lr 0.001 with 25%" in qa_target(sweep)
+    assert " reached: the best is SDFT at lr 0.001 with 40%" in qa_target(sweep, "_fresh")
+    assert qa_target({**sweep, "points": [point("SFT", 0.5, 0.5)]}).startswith("no configuration kept")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from sdft_lab.lab import KernelsNotice, answers_table, setup, workshop_run
+from sdft_lab.lab import KernelsNotice, answers_table, setup, workshop_pair
 from sdft_lab.recipes import workshop_knowledge
 
 
@@ -28,17 +28,27 @@ def test_setup_drops_bitsandbytes_kernels_notice_and_nothing_else(caplog, monkey
                                                         "Failed to load CPU gemm_4bit_forward elsewhere"]
 
 
-def test_workshop_run_is_the_recipes_sdft_run_and_smoke_shortens_it():
-    sdft, _ = workshop_knowledge()
-    assert workshop_run("bundled") == sdft
-    smoke = workshop_run("bundled", smoke=True)
+def test_workshop_pair_is_the_recipes_pair_and_smoke_shortens_both():
+    """Breaks: smoke mode left out of either run (the notebooks' test would train for minutes), or the pair
+    returned in the other order (00 would train SFT as its SDFT run)."""
+    sdft, sft = workshop_knowledge()
+    assert workshop_pair("bundled") == (sdft, sft)
+    smoke, smoke_sft = workshop_pair("bundled", smoke=True)
+    assert (smoke.method, smoke_sft.method) == ("sdft", "sft")
     assert (smoke.train.steps, smoke.sdft.max_new_tokens, smoke.train.batch_size) == (1, 8, 4)
+    assert (smoke_sft.train.steps, smoke_sft.train.batch_size, smoke_sft.train.lr) == (1, 4, sft.train.lr)
     assert (smoke.sdft.guided, smoke.sdft.evidence_mask, smoke.train.lr) == (sdft.sdft.guided, sdft.sdft.evidence_mask,
                                                                              sdft.train.lr)
-    assert workshop_run("qwen2.5-1.5b") == workshop_knowledge(model="qwen2.5-1.5b")[0]
+    assert workshop_pair("qwen2.5-1.5b") == workshop_knowledge(model="qwen2.5-1.5b")
 
 
 def test_answers_table_escapes_model_text():
     page = answers_table(["Is 1 < 2?"], {"student": ["<script>alert(1)</script> yes"]}, accepted=["yes & no"])
     assert "<script>" not in page and "&lt;script&gt;" in page and "yes &amp; no" in page
     assert page.count("<tr>") == 2 and "<th style=\"text-align:left\">student</th>" in page
+
+
+def test_answers_table_marks_the_answers_named_correct_in_their_own_column():
+    """Break it fails on: the marks read by row only (every column of a right row ticked)."""
+    page = answers_table(["q1", "q2"], {"a": ["x", "y"], "b": ["z", "w"]}, correct={"a": [False, True]})
+    assert page.count("✓") == 1 and "✓ y" in page and "✓ w" not in page

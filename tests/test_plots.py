@@ -43,3 +43,38 @@ def test_options_are_cut_at_a_word_with_an_ellipsis():
     assert short(q, 40) == "Which Velmoran inventor created the …"
     assert short("Short question?", 40) == "Short question?"
     assert short("x" * 50, 40) == "x" * 40 + " …"  # no space to cut at: cut at n, not at the end
+
+
+def _stage(retention: float, drift: float) -> dict:
+    return {"retention": retention, "drift": {"general": drift}, "tasks": {}}
+
+
+def test_continual_forgetting_draws_each_method_from_the_base_at_step_zero():
+    """Breaks it fails on: the curves not starting at the base (a step-0 point missing shifts every stage by one
+    stage's steps), the sd taken over stages instead of seeds, the base's SE band left out."""
+    from sdft_lab.inspect.plots import continual_forgetting
+
+    results = {"stages": ["A", "B"], "steps": 24, "n_probes": 100, "base": {"retention": 0.5},
+               "runs": [{"method": "sft", "seed": s, "stages": [_stage(0.5 - d, 0.1 + d), _stage(0.4 - d, 0.3)]}
+                        for s, d in ((0, 0.0), (1, 0.1))]}
+    fig = continual_forgetting(results)
+    retention, drift, base = fig.data
+    assert list(retention.x) == [0, 24, 48] and list(drift.x) == [0, 24, 48]
+    assert retention.y == pytest.approx((0.5, 0.45, 0.35)) and drift.y == pytest.approx((0.0, 0.15, 0.3))
+    assert retention.error_y.array == pytest.approx((0, 0.1 / 2 ** 0.5, 0.1 / 2 ** 0.5))  # sd of two seeds
+    assert base.y == (0.5,) and base.error_y.array == pytest.approx((0.05,))  # sqrt(0.5 · 0.5 / 100)
+
+
+def test_forgetting_figure_has_the_base_with_its_se_and_error_bars_on_every_point():
+    """Breaks it fails on: no base point (the old notebook 04 scatter), the sd dropped from the error bars."""
+    from sdft_lab.inspect.plots import forgetting_figure
+
+    def point(family, drift, kept):
+        return {"family": family, "lr": 1e-3, "seeds": [0, 1, 2], "drift_general": {"mean": drift, "sd": 0.01},
+                "retention": {"mean": kept, "sd": 0.02}}
+    fig = forgetting_figure({"base_retention": 0.64, "n_probes": 100,
+                             "points": [point("SFT", 0.2, 0.6), point("SDFT", 0.1, 0.63)]})
+    base, sft, sdft = fig.data
+    assert base.x == (0,) and base.y == (0.64,) and base.error_y.array == pytest.approx((0.048,))
+    assert sft.error_y.array == (0.02,) and sdft.error_x.array == (0.01,)
+    assert fig.layout.shapes[0].y0 == pytest.approx(0.592) and fig.layout.shapes[0].y1 == pytest.approx(0.688)

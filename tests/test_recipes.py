@@ -90,6 +90,8 @@ def test_live_meter_draws_each_run_with_base_and_ceiling_lines(monkeypatch):
 
 
 def test_workshop_runs_both_methods_with_the_meter_and_reuses_a_finished_run(tokenizer, tmp_path, monkeypatch):
+    """Breaks it fails on: reuse without the format check (notebook 03 read a results file from before the
+    teacher's answers and raised KeyError), an adapter not saved."""
     from conftest import tiny_llama
     from sdft_lab.experiments import workshop as ws
 
@@ -105,8 +107,17 @@ def test_workshop_runs_both_methods_with_the_meter_and_reuses_a_finished_run(tok
     assert results["sft"]["drift"] > 0 and results["sdft"]["drift"] >= 0  # the forgetting meter beside the meter
     assert "ceiling_meter" in results["sdft"] and "ceiling_meter" not in results["sft"]  # only SDFT has a teacher
     assert results["n_probes"] == 10 and "SDFT (1 steps" in ws.reading(results)
+    assert len(results["sdft"]["teacher_answers"]) == 2 and "teacher_answers" not in results["sft"]
+    assert list(results["shown"]) == ["base", "SFT", "SDFT", "teacher (passage in context)"]
+    assert results["shown"]["SFT"] == results["sft"]["answers"] and all(len(v) == 2 for v in results["correct"].values())
+    for m in ("sft", "sdft"):  # each trained adapter saved, in peft's safetensors format
+        assert (tmp_path / m / "adapter" / "adapter_model.safetensors").is_file()
     assert not hasattr(model, "peft_config")  # the base is left as it was
     monkeypatch.setattr(ws, "load_knowledge", lambda: (_ for _ in ()).throw(RuntimeError("trained again")))
     assert ws.workshop(tmp_path, cfg, loaded=(model, tokenizer)) == results
     with pytest.raises(RuntimeError, match="trained again"):
         ws.workshop(tmp_path, ws.WorkshopConfig(smoke=True, meter_every=2), loaded=(model, tokenizer))
+    older = {**results, "format": ws.FORMAT - 1}  # a file from before the teacher's answers: rerun, not read
+    (tmp_path / "results.json").write_text(json.dumps(older))
+    with pytest.raises(RuntimeError, match="trained again"):
+        ws.workshop(tmp_path, cfg, loaded=(model, tokenizer))

@@ -5,6 +5,7 @@ and a Trainer callback that measures them during training.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,12 @@ class Probe:
     question: str
     options: list[str]
     answer: int
+
+
+def retention_se(accuracy: float, n_probes: int) -> float:
+    """One standard error of a retention accuracy over n probes (binomial): sqrt(p (1 - p) / n). The
+    resolution of the probes: a change smaller than this is not seen."""
+    return math.sqrt(accuracy * (1 - accuracy) / n_probes)
 
 
 def load_probes(path: str | Path = DATA_DIR / "retention" / "probes.jsonl") -> list[Probe]:

@@ -29,11 +29,12 @@ from tqdm.auto import tqdm
 from ..eval import load_knowledge, load_probes, mc_accuracy, qa_accuracy
 from ..eval.drift import drifts, reference
 from ..eval.meter import meter
+from ..eval.retention import retention_se
 from ..models import load
 from ..report import machine
 from ..trainer import Trainer
 from .runs import student_of
-from .search import DOCS, STEPS, SYSTEMS, retention_se, run_config, settings_of
+from .search import DOCS, STEPS, SYSTEMS, run_config, settings_of
 
 STAGES = (("A", 0, 8), ("B", 8, 16), ("C", 16, 24))  # batch name, first and end fact (facts sorted by id)
 SEEDS = (0, 1, 2)
@@ -97,7 +98,7 @@ def continual(out: Path, seeds: tuple[int, ...] = SEEDS, settings: dict[str, dic
     system = SYSTEMS[next(iter(settings.values()))["system"]]
     results = json.loads(path.read_text()) if path.exists() else {
         "date": time.strftime("%Y-%m-%d"), "machine": machine(next(base.parameters()).device), "rule": RULE,
-        "settings": settings, "steps": steps, "stages": [s[0] for s in STAGES], "runs": []}
+        "settings": settings, "steps": steps, "stages": [s[0] for s in STAGES], "n_probes": len(probes), "runs": []}
     refs = {"general": reference(base, tok, [p.question for p in probes])}
     before = {name: meter(base, tok, items, system) for name, _, items in stages}
     if "base" not in results:
@@ -130,7 +131,7 @@ def merge(parts: list[dict]) -> dict:
     first = parts[0]
     runs, settings = {}, {}
     for part in parts:
-        for key in ("rule", "steps", "stages", "base"):
+        for key in ("rule", "steps", "stages", "n_probes", "base"):
             if part[key] != first[key]:
                 raise ValueError(f"continual results differ in {key!r}: measured under other settings; rerun them")
         for m, s in part["settings"].items():
@@ -166,6 +167,44 @@ def table(results: dict, score: str = "qa", kind: str = "direct") -> str:
             tasks = [cell([r["tasks"][n][score][kind] for r in rows]) if n in rows[0]["tasks"] else "" for n in names]
             lines.append(f"| {method} | {stage} ({len(rows)} seeds) | {' | '.join(tasks)} | "
                          f"{cell([r['retention'] for r in rows], 3)} | {cell([r['drift']['general'] for r in rows], 3)} |")
+    return "\n".join(lines)
+
+
+def reading(results: dict) -> str:
+    """The sequence in sentences, every figure from the results: per method, what each batch reached right after
+    its own stage and kept after the last, on greedy QA and on the answer gain, then retention and drift."""
+    import statistics
+
+    names, base = results["stages"], results["base"]
+    se = retention_se(base["retention"], results["n_probes"])
+    first, last = names[0], names[-1]
+    qa = ", ".join(f"{n} {base['tasks'][n]['qa']['direct']:.0%}" for n in names)
+    lines = [f"Base: direct QA {qa}; retention {base['retention']:.3f} on {results['n_probes']} probes "
+             f"(one SE {se:.3f})."]
+    for method in ("sft", "sdft"):
+        runs = [r for r in results["runs"] if r["method"] == method and len(r["stages"]) == len(names)]
+        if not runs:
+            continue
+
+        def mean(get) -> float:
+            return statistics.fmean(get(r) for r in runs)
+
+        def qa(stage: int, batch: str) -> float:  # direct-question QA of `batch` after stage `stage`
+            return mean(lambda r: r["stages"][stage]["tasks"][batch]["qa"]["direct"])
+
+        def gain(stage: int, batch: str) -> float:  # the learning meter's answer gain, likewise
+            return mean(lambda r: r["stages"][stage]["tasks"][batch]["gain"]["answer"])
+        own = {"qa": statistics.fmean(qa(i, n) for i, n in enumerate(names)),
+               "gain": statistics.fmean(gain(i, n) for i, n in enumerate(names))}
+        qa_then, qa_end, a_then, a_end = qa(0, first), qa(-1, first), gain(0, first), gain(-1, first)
+        kept = mean(lambda r: r["stages"][-1]["retention"])
+        drift = mean(lambda r: r["stages"][-1]["drift"]["general"])
+        lines.append(
+            f"{method.upper()} ({len(runs)} seeds, lr {results['settings'][method]['lr']:g}): right after its own stage a "
+            f"batch answers {own['qa']:.0%} of its direct questions (answer gain {own['gain']:+.2f} nats per token); "
+            f"batch {first}: {qa_then:.0%} → {qa_end:.0%} and gain {a_then:+.2f} → {a_end:+.2f} from after {first} to "
+            f"after {last}; retention after {last} {kept:.3f} ({kept - base['retention']:+.3f}, "
+            f"{'within' if abs(kept - base['retention']) <= se else 'outside'} one SE of the base), drift {drift:.3f}.")
     return "\n".join(lines)
 
 

@@ -30,9 +30,10 @@ from tqdm.auto import tqdm
 
 from ..eval import load_knowledge, load_probes, mc_accuracy
 from ..eval.knowledge import score_qa
+from ..eval.retention import retention_se
 from ..models import load
 from ..report import machine
-from .search import DOCS, STEPS, fmt, name_of, retention_se, settings_of, trial
+from .search import DOCS, STEPS, fmt, name_of, settings_of, trial
 
 SEEDS = (0, 1, 2)
 # family: (method, changes to search.START, learning rates, seeds); each family is swept over its rates.
@@ -318,8 +319,24 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+QA_TARGET = 0.4  # the share of held-out direct questions the better method should answer (issue target)
+
+
+def qa_target(results: dict, key: str = "") -> str:
+    """One sentence per seed set: is QA_TARGET reached by the best point whose mean retention lies within one
+    standard error of the base's, and by which configuration."""
+    se = retention_se(results["base_retention"], results["n_probes"])
+    kept = [p for p in results.get("points" + key, []) if p["retention"]["mean"] >= results["base_retention"] - se]
+    if not kept:
+        return "no configuration kept retention within one standard error of the base."
+    best = max(kept, key=lambda p: p["qa_direct"]["mean"])
+    return (f"target ({QA_TARGET:.0%} of the held-out direct questions, retention within one SE of the base) "
+            f"{'reached' if best['qa_direct']['mean'] >= QA_TARGET else 'not reached'}: the best is {best['family']} at "
+            f"lr {best['lr']:g} with {best['qa_direct']['mean']:.0%} (retention {best['retention']['mean']:.3f}).")
+
+
 def qa_reading(results: dict) -> str:
-    """The QA sweep's verdicts in sentences: on the seeds that chose, then on the fresh seeds."""
+    """The QA sweep's verdicts in sentences, then the target: on the seeds that chose, then on the fresh seeds."""
     lines = []
     for key, label in (("", "seeds 0–2 (chose)"), ("_fresh", "seeds 3–5 (fresh)")):
         v = results.get("verdicts" + key)
@@ -332,6 +349,7 @@ def qa_reading(results: dict) -> str:
             lines.append(f"{label}, z = {v['z']:.2f}: {row['family']} at lr {row['lr']:g} ({row['seeds']} seeds) "
                          f"against SFT at the same drift: " + "; ".join(parts) +
                          ("" if row["retention_ok"] else "; retention outside one SE of the base") + ".")
+    lines += [f"{label}: {qa_target(results, key)}" for key, label in (("", "seeds 0–2"), ("_fresh", "seeds 3–5"))]
     return "\n".join(lines)
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ from ..config import RunConfig
 from ..eval import load_knowledge, load_probes, mc_accuracy, qa_accuracy
 from ..eval.drift import drifts, reference
 from ..eval.meter import meter
+from ..eval.retention import retention_se
 from ..models import load
 from ..prompts import TEMPLATES, PromptConfig
 from ..recipes import SHORT_ANSWER
@@ -137,11 +137,6 @@ def trial(base, tok, method: str, s: dict, seed: int, cache: dict, steps: int = 
 RULE = ("The recipe of a method is its configuration with the highest mean passage gain over the seeds, among "
         "those whose mean retention lies within one standard error of the base's (SE = sqrt(p (1 - p) / n) over "
         "the n probes); phase 1 ranks by the same rule on seed 0.")
-
-
-def retention_se(base_retention: float, n_probes: int) -> float:
-    """One standard error of the base's retention accuracy over n probes: sqrt(p (1 - p) / n)."""
-    return math.sqrt(base_retention * (1 - base_retention) / n_probes)
 
 
 def summary(trials: list[dict], base_retention: float, n_probes: int) -> list[dict]:

@@ -1,6 +1,7 @@
 """Notebook 03's run: SFT and SDFT inject the same invented facts with the workshop pair
 (recipes.workshop_knowledge: each method at a learning rate where both forget about as much), each watched by
-the learning meter as it trains, with retention, drift and greedy answers before and after.
+the learning meter as it trains, with retention, drift and greedy answers before and after, beside the
+teacher's (the base with the fact's passage in its context). Each trained adapter is saved in out/<method>/adapter.
 
     python -m sdft_lab.experiments workshop --out runs/workshop
 """
@@ -12,10 +13,11 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from ..eval import load_knowledge, load_probes, mc_accuracy
-from ..eval.knowledge import QA_TOKENS
+from ..eval import load_knowledge, load_probes, mc_accuracy, qa_accuracy
+from ..eval.knowledge import QA_TOKENS, score_qa
 from ..eval.drift import ANSWER_TOKENS, drift, reference
 from ..eval.meter import MeterCallback, meter
+from ..eval.retention import retention_se
 from ..models import load
 from ..prompts import encode, render_chat
 from ..recipes import workshop_knowledge
@@ -32,8 +34,11 @@ class WorkshopConfig:
     steps: int | None = None  # None: the recipe's
     meter_every: int = 12  # steps between two points of the learning meter (each ≈ 14 s on 2 cores)
     probe_stride: int = 3  # every 3rd retention probe: 40 of 120, every category alike, a third of the time
-    answers: int = 3  # facts whose direct question is answered before and after
+    answers: int = 8  # facts whose direct question is answered before and after (8: every fact's)
     smoke: bool = False  # a few tokens and one step: what the test suite runs
+
+
+FORMAT = 2  # of results.json: 2 added the teacher's answers and the saved adapters; an older file is rerun
 
 
 def answers(model, tok, questions: list[str], systems: list[str | None], tokens: int) -> list[list[str]]:
@@ -48,7 +53,8 @@ def workshop(out: Path, cfg: WorkshopConfig | None = None, live=None, reuse: boo
     to draw both runs as they train; loaded: (model, tokenizer) of cfg.model if already loaded (no adapter)."""
     cfg = cfg or WorkshopConfig()
     path = out / "results.json"
-    if reuse and path.exists() and (saved := json.loads(path.read_text())).get("config") == asdict(cfg):
+    if reuse and path.exists() and (saved := json.loads(path.read_text())).get("config") == asdict(cfg) \
+            and saved.get("format") == FORMAT:
         return saved
     sdft_run, sft_run = workshop_knowledge(**({"steps": cfg.steps} if cfg.steps else {}), model=cfg.model)
     if cfg.smoke:
@@ -57,17 +63,18 @@ def workshop(out: Path, cfg: WorkshopConfig | None = None, live=None, reuse: boo
         sft_run = replace(sft_run, train=replace(sft_run.train, steps=1))
     knowledge = load_knowledge()
     examples, items = knowledge.first(2 if cfg.smoke else cfg.facts)
-    shown = [it.question for it in items if it.kind == "direct"][: cfg.answers]
+    direct = [it for it in items if it.kind == "direct"][: cfg.answers]
+    shown = [it.question for it in direct]
     probes = load_probes()[:: 12 if cfg.smoke else cfg.probe_stride]
     tokens = 8 if cfg.smoke else QA_TOKENS
     base, tok = loaded or load(cfg.model)
     # the forgetting meter on the same probes' questions: the base's own answers, under the template's prompt
     general = reference(base, tok, [p.question for p in probes], max_new_tokens=8 if cfg.smoke else ANSWER_TOKENS)
     start = time.perf_counter()
-    results = {"config": asdict(cfg), "date": time.strftime("%Y-%m-%d"),
+    results = {"format": FORMAT, "config": asdict(cfg), "date": time.strftime("%Y-%m-%d"),
                "machine": machine(next(base.parameters()).device),
                "recipe": {"sdft": sdft_run.to_dict(), "sft": sft_run.to_dict()},
-               "questions": shown, "accepted": [it.answers[0] for it in items if it.kind == "direct"][: cfg.answers],
+               "questions": shown, "accepted": [it.answers[0] for it in direct],
                "base": {"retention": mc_accuracy(base, tok, probes)}, "n_probes": len(probes)}
     methods = (("sft", sft_run, sft_run.sft.prompts.system), ("sdft", sdft_run, sdft_run.sdft.prompts.system))
     systems = list(dict.fromkeys(system for _, _, system in methods))
@@ -78,6 +85,8 @@ def workshop(out: Path, cfg: WorkshopConfig | None = None, live=None, reuse: boo
         results[method] = {"system": system, **framed[system]}
         if method == "sdft":  # only SDFT has a teacher: the base with the passage in its context
             results[method]["ceiling_meter"] = meter(base, tok, items, system, with_passage=True)
+            results[method]["teacher_answers"] = qa_accuracy(base, tok, direct, with_passage=True, system=system,
+                                                             max_new_tokens=tokens)["answers"]
         if live:
             live.frame(results[method]["base_meter"], results[method].get("ceiling_meter"), run=method)
         with student_of(base, run) as model:
@@ -91,6 +100,12 @@ def workshop(out: Path, cfg: WorkshopConfig | None = None, live=None, reuse: boo
             results[method].update(meter_curve=callback.curve, train_s=time.perf_counter() - t0,
                                    retention=mc_accuracy(model, tok, probes), drift=drift(model, general),
                                    answers=answers(model, tok, shown, [system], tokens)[0], loss=[r["loss"] for r in history])
+            model.save_pretrained(out / method / "adapter")  # peft's safetensors: sdft_lab.load_adapter reads it
+    # the answers side by side, each marked by the QA sweep's lenient score (an accepted answer appears)
+    results["shown"] = {"base": results["sdft"]["base_answers"], "SFT": results["sft"]["answers"],
+                        "SDFT": results["sdft"]["answers"], "teacher (passage in context)": results["sdft"]["teacher_answers"]}
+    results["correct"] = {k: [score_qa(t, it.answers, it.wrong)[1] == 1 for t, it in zip(col, direct)]
+                          for k, col in results["shown"].items()}
     results["total_s"] = time.perf_counter() - start
     out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=1))
@@ -100,7 +115,7 @@ def workshop(out: Path, cfg: WorkshopConfig | None = None, live=None, reuse: boo
 def reading(results: dict) -> str:
     """The run in plain sentences: what each method did to the fact likelihood and to retention."""
     n, kept = results["n_probes"], results["base"]["retention"]["overall"]
-    se = (kept * (1 - kept) / n) ** 0.5
+    se = retention_se(kept, n)
     lines = [f"Base retention {kept:.2f} on {n} probes (one standard error: {se:.2f})."]
     for m in ("sft", "sdft"):
         r = results[m]

@@ -8,6 +8,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from ..eval.retention import retention_se
 from ..figures import memory_curves, phase_breakdown, step_axis, training_curves  # noqa: F401  (re-exported)
 
 
@@ -110,6 +111,65 @@ def continual_figure(results: dict, score: str = "qa", kind: str = "direct") -> 
     fig.update_yaxes(title_text="held-out direct questions answered (greedy) · retention", row=1, col=1)
     fig.update_layout(title=f"Continual learning: batches {' → '.join(names)} (± 1 sd over {len(set(r['seed'] for r in results['runs']))} seeds)",
                       height=380)
+    return fig
+
+
+def continual_forgetting(results: dict) -> go.Figure:
+    """Continual learning's forgetting along the sequence: retention on the probes (left) and drift on general
+    questions (right) against the optimizer steps taken so far, mean ± sd over seeds per method, from the base
+    at step 0 (its retention ± one binomial SE: what the probes can resolve)."""
+    import statistics
+
+    names, per = results["stages"], results["steps"]
+    steps = [0] + [per * (i + 1) for i in range(len(names))]
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("retention (multiple-choice probes)",
+                                                        "drift: KL(base ‖ tuned) per token on general text"))
+    base = results["base"]
+    for m, color in zip(("sft", "sdft"), px.colors.qualitative.Plotly[2:]):
+        runs = [r for r in results["runs"] if r["method"] == m and len(r["stages"]) == len(names)]
+        if not runs:
+            continue
+        for col, get, start in ((1, lambda row: row["retention"], base["retention"]),
+                                (2, lambda row: row["drift"]["general"], 0.0)):
+            values = [[get(r["stages"][i]) for r in runs] for i in range(len(names))]
+            fig.add_trace(go.Scatter(
+                x=steps, y=[start] + [statistics.fmean(v) for v in values], mode="lines+markers", name=m.upper(),
+                line_color=color, legendgroup=m, showlegend=col == 1,
+                error_y=dict(array=[0] + [statistics.stdev(v) if len(v) > 1 else 0 for v in values]),
+                text=["base"] + [f"after {n}" for n in names],
+                hovertemplate=f"{m.upper()} %{{text}} (step %{{x}})<br>%{{y:.3f}}<extra></extra>"), row=1, col=col)
+    se = retention_se(base["retention"], results["n_probes"])
+    fig.add_trace(go.Scatter(x=[0], y=[base["retention"]], error_y=dict(array=[se]), mode="markers",
+                             marker=dict(color="grey", size=10), name="base ± 1 SE"), row=1, col=1)
+    for col in (1, 2):
+        fig.update_xaxes(title_text="optimizer steps (stages A, B, C)", tickvals=steps, row=1, col=col)
+    fig.update_yaxes(title_text="accuracy", row=1, col=1)
+    fig.update_yaxes(title_text="nats per token", rangemode="tozero", row=1, col=2)
+    fig.update_layout(title=f"Forgetting along the sequence (± 1 sd over {len({r['seed'] for r in results['runs']})} seeds)",
+                      height=380)
+    return fig
+
+
+def forgetting_figure(results: dict, seeds: str = "") -> go.Figure:
+    """Forgetting measured two ways (experiments/frontier.py): each configuration's mean retention on the probes
+    against its mean drift on general questions, ± one sd over its seeds, and the base at drift 0 with its
+    retention's binomial SE as a band: a point inside the band kept what the probes can see."""
+    base, se = results["base_retention"], retention_se(results["base_retention"], results["n_probes"])
+    fig = go.Figure()
+    fig.add_hrect(y0=base - se, y1=base + se, fillcolor="grey", opacity=0.15, line_width=0)
+    fig.add_trace(go.Scatter(x=[0], y=[base], error_y=dict(array=[se]), mode="markers", name="base ± 1 SE",
+                             marker=dict(color="grey", size=11)))
+    for (family, pts), color in zip(_families(results["points" + seeds]).items(), px.colors.qualitative.Plotly[2:]):
+        fig.add_trace(go.Scatter(
+            x=[p["drift_general"]["mean"] for p in pts], y=[p["retention"]["mean"] for p in pts], mode="markers",
+            name=family, marker=dict(color=color, size=10, symbol="circle" if family.startswith("SFT") else "diamond"),
+            error_x=dict(array=[p["drift_general"]["sd"] or 0 for p in pts]),
+            error_y=dict(array=[p["retention"]["sd"] or 0 for p in pts]),
+            text=[f"lr {p['lr']:g}, {len(p['seeds'])} seeds" for p in pts],
+            hovertemplate=f"{family} %{{text}}<br>drift %{{x:.3f}}<br>retention %{{y:.3f}}<extra></extra>"))
+    fig.update_layout(title="Forgetting, two ways: drift against retention (± 1 sd over seeds; grey band: base ± 1 SE)",
+                      xaxis_title="drift: KL(base ‖ tuned) per token on general text (nats)",
+                      yaxis_title=f"retention accuracy ({results['n_probes']} probes)", height=420)
     return fig
 
 
