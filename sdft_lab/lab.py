@@ -9,7 +9,8 @@ SMOKE is true when SDFT_LAB_SMOKE=1 (the test suite runs every notebook that way
 RUNS is SDFT_LAB_RUNS if set, else the repository's runs/ folder seen from notebooks/ (../runs); every
 Trainer.train() writes its run folder and report there. settings(MODEL, cpu=...) gives a preset's batch
 size, rollout length, learning rate and LoRA rank on a GPU (presets.PRESETS), and the notebook's own CPU
-settings for "bundled"; smoke=True shortens the rollouts and the batch for the tests. setup() also drops
+settings for "bundled"; smoke=True shortens the rollouts and the batch for the tests. gpu_preset(MODEL) picks,
+on a GPU, the largest preset in the local hub cache that fits its memory (MODEL unchanged on a CPU). setup() also drops
 one known log line that is not about anything a participant did (KernelsNotice). answers_table draws
 answers side by side as an escaped HTML table.
 """
@@ -21,6 +22,7 @@ import logging
 import os
 from dataclasses import replace
 from pathlib import Path
+from collections.abc import Callable
 from typing import NamedTuple
 
 from .config import RunConfig
@@ -64,6 +66,38 @@ def setup() -> Lab:
     runs = runs_root()
     runs.mkdir(parents=True, exist_ok=True)
     return Lab(smoke, runs)
+
+
+HEADROOM = 0.9  # a preset fits when its step's estimated (or measured) peak is within 90 % of the GPU's memory
+
+
+def in_hub_cache(hub_id: str) -> bool:
+    """Whether the local Hugging Face cache holds the model's config (nothing is downloaded to find out)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(hub_id, "config.json"), str)
+
+
+def gpu_preset(model: str, memory_gib: float | None = None, cached: Callable[[str], bool] = in_hub_cache) -> str:
+    """On a GPU, the preset with the largest step (PRESETS' vram_gib) that fits HEADROOM of its memory and is in
+    the local hub cache, printed with why; `model` when there is no GPU or no such preset. memory_gib: the GPU's
+    memory (default: CUDA device 0's; None on a machine without CUDA)."""
+    if memory_gib is None:
+        import torch
+
+        if not torch.cuda.is_available():
+            return model
+        memory_gib = torch.cuda.get_device_properties(0).total_memory / 2**30
+    fits = sorted((p.vram_gib, name) for name, p in PRESETS.items() if p.vram_gib <= HEADROOM * memory_gib)
+    ready = [(gib, name) for gib, name in fits if cached(PRESETS[name].hub_id)]
+    if not ready:
+        hint = f" `hf download {PRESETS[fits[-1][1]].hub_id}` fetches the largest that fits." if fits else ""
+        print(f"GPU with {memory_gib:.1f} GiB: no preset in the local hub cache fits; keeping {model!r}.{hint}")
+        return model
+    gib, name = ready[-1]
+    print(f"GPU with {memory_gib:.1f} GiB: {name} (a step needs {gib:.1f} GiB, {PRESETS[name].vram_source}), "
+          f"the largest preset in the local hub cache that fits.")
+    return name
 
 
 class Settings(NamedTuple):

@@ -84,7 +84,8 @@ def test_merge_joins_runs_measured_apart_and_refuses_what_does_not_fit():
 
 def test_reading_states_what_each_batch_reached_and_kept_from_the_results():
     """Breaks it fails on: batch A read after its own stage at the end too (no forgetting could show), the
-    retention verdict against two SE instead of one, a method's runs mixed with the other's."""
+    retention verdict against two SE instead of one, a method's runs mixed with the other's, the methods'
+    shares swapped in the last line."""
     from sdft_lab.experiments.continual import reading
 
     def stage(qa_a, gain_a, qa_b=None, kept=0.6, drift=0.2):
@@ -101,3 +102,6 @@ def test_reading_states_what_each_batch_reached_and_kept_from_the_results():
     assert "answers 60% of its direct questions (answer gain +1.50" in text  # (0.5 + 0.7) / 2, (2.0 + 1.0) / 2
     assert "batch A: 50% → 25% and gain +2.00 → +1.50" in text
     assert "retention after B 0.580 (-0.060, outside one SE" in text  # one SE: sqrt(.64 · .36 / 100) = 0.048
+    assert reading(results).splitlines()[-1] == ("Batch A's answer gain after B, as a share of its gain right after A: "
+                                                 "SFT 75%, SDFT 100%. Retention after B: SDFT +0.020 against SFT, "
+                                                 "within the probes' one SE.")

@@ -52,3 +52,42 @@ def test_answers_table_marks_the_answers_named_correct_in_their_own_column():
     """Break it fails on: the marks read by row only (every column of a right row ticked)."""
     page = answers_table(["q1", "q2"], {"a": ["x", "y"], "b": ["z", "w"]}, correct={"a": [False, True]})
     assert page.count("✓") == 1 and "✓ y" in page and "✓ w" not in page
+
+
+def test_gpu_preset_picks_the_largest_cached_preset_that_fits_and_keeps_the_model_otherwise(capsys):
+    """Breaks it fails on: the smallest fitting preset picked, a preset not in the cache picked (load would fail
+    offline), the headroom left out (a preset needing all of the GPU's memory picked)."""
+    from sdft_lab import PRESETS
+    from sdft_lab.lab import HEADROOM, gpu_preset
+
+    by_size = sorted(PRESETS, key=lambda n: PRESETS[n].vram_gib)
+    largest = PRESETS[by_size[-1]].vram_gib
+    assert gpu_preset("bundled", largest / HEADROOM, cached=lambda h: True) == by_size[-1]
+    assert gpu_preset("bundled", largest, cached=lambda h: True) == by_size[-2]  # no headroom left for the largest
+    not_largest = {PRESETS[n].hub_id for n in by_size[:-1]}
+    assert gpu_preset("bundled", 1000, cached=lambda h: h in not_largest) == by_size[-2]
+    assert gpu_preset("bundled", 1000, cached=lambda h: False) == "bundled"
+    assert "no preset in the local hub cache fits" in capsys.readouterr().out
+    assert gpu_preset("bundled", 1.0, cached=lambda h: True) == "bundled"  # nothing fits 1 GiB
+
+
+def test_gpu_preset_keeps_the_model_without_a_gpu(monkeypatch):
+    import torch
+    from sdft_lab.lab import gpu_preset
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gpu_preset("bundled", cached=lambda h: True) == "bundled"
+
+
+def test_in_hub_cache_reads_the_local_cache_only(tmp_path, monkeypatch):
+    """A model whose config.json is in the hub cache counts; one that is not does not (and nothing is fetched)."""
+    import huggingface_hub.constants as constants
+    from sdft_lab.lab import in_hub_cache
+
+    repo = tmp_path / "models--org--there"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc")
+    (repo / "snapshots" / "abc").mkdir(parents=True)
+    (repo / "snapshots" / "abc" / "config.json").write_text("{}")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    assert in_hub_cache("org/there") and not in_hub_cache("org/elsewhere")

@@ -41,7 +41,8 @@ def test_the_wheel_holds_the_data_the_code_loads(wheel):
     expected = {f"sdft_lab/data/{p.relative_to(ROOT / 'data')}" for p in (ROOT / "data").rglob("*.jsonl")}
     assert expected and expected <= names
     assert {"sdft_lab/eval/tasks/sdft_lab_probes.yaml", "sdft_lab/cli.py", "sdft_lab/configs/quickstart.yaml",
-            "sdft_lab/results/frontier.json", "sdft_lab/results/recipe_search.json"} <= names
+            "sdft_lab/results/frontier.json", "sdft_lab/results/frontier_qa.json", "sdft_lab/results/continual.json",
+            "sdft_lab/results/recipe_search.json"} <= names
     assert not [n for n in names if n.startswith("sdft_lab/results/") and not n.endswith(".json")]  # no docs pages
 
 
@@ -103,11 +104,12 @@ def test_environment_yml_installs_the_pinned_requirements_with_cpu_torch():
     assert requirement_files == ["requirements.txt"] and (ROOT / "requirements.txt").is_file()
 
 
-@pytest.mark.parametrize("name", ["00_quickstart", "03_knowledge_injection"])
+@pytest.mark.parametrize("name", ["00_quickstart", "03_knowledge_injection", "04_retention"])
 def test_a_notebook_copied_elsewhere_runs_on_the_installed_wheel(installed, name, tmp_path, monkeypatch):
     """A hosted notebook (Colab, a JupyterHub seat): the wheel installed, the notebook alone in a folder of its
     own, no checkout anywhere on the path. Breaks it fails on (each made once): notebook 00 reading
-    ../configs/quickstart.yaml, the repository's path, and the published frontier left out of the wheel."""
+    ../configs/quickstart.yaml, the repository's path, and the published frontier left out of the wheel;
+    04: docs/continual.json left out of the wheel."""
     import nbformat
     from nbclient import NotebookClient
 

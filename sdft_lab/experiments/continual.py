@@ -181,6 +181,7 @@ def reading(results: dict) -> str:
     qa = ", ".join(f"{n} {base['tasks'][n]['qa']['direct']:.0%}" for n in names)
     lines = [f"Base: direct QA {qa}; retention {base['retention']:.3f} on {results['n_probes']} probes "
              f"(one SE {se:.3f})."]
+    ends = {}  # method: (batch A's gain kept, as a share; retention after the last stage)
     for method in ("sft", "sdft"):
         runs = [r for r in results["runs"] if r["method"] == method and len(r["stages"]) == len(names)]
         if not runs:
@@ -205,6 +206,13 @@ def reading(results: dict) -> str:
             f"batch {first}: {qa_then:.0%} → {qa_end:.0%} and gain {a_then:+.2f} → {a_end:+.2f} from after {first} to "
             f"after {last}; retention after {last} {kept:.3f} ({kept - base['retention']:+.3f}, "
             f"{'within' if abs(kept - base['retention']) <= se else 'outside'} one SE of the base), drift {drift:.3f}.")
+        ends[method] = (a_end / a_then if a_then else float("nan"), kept)
+    if len(ends) == 2:
+        (sft_a, sft_kept), (sdft_a, sdft_kept) = ends["sft"], ends["sdft"]
+        gap = sdft_kept - sft_kept
+        lines.append(f"Batch {first}'s answer gain after {last}, as a share of its gain right after {first}: SFT "
+                     f"{sft_a:.0%}, SDFT {sdft_a:.0%}. Retention after {last}: SDFT {gap:+.3f} against SFT, "
+                     f"{'within' if abs(gap) <= se else 'beyond'} the probes' one SE.")
     return "\n".join(lines)
 
 
