@@ -9,8 +9,9 @@ SMOKE is true when SDFT_LAB_SMOKE=1 (the test suite runs every notebook that way
 RUNS is SDFT_LAB_RUNS if set, else the repository's runs/ folder seen from notebooks/ (../runs); every
 Trainer.train() writes its run folder and report there. settings(MODEL, cpu=...) gives a preset's batch
 size, rollout length, learning rate and LoRA rank on a GPU (presets.PRESETS), and the notebook's own CPU
-settings for "bundled"; smoke=True shortens the rollouts and the batch for the tests. gpu_preset(MODEL) picks,
-on a GPU, the largest preset in the local hub cache that fits its memory (MODEL unchanged on a CPU). setup() also drops
+settings for "bundled"; smoke=True shortens the rollouts and the batch for the tests. gpu_preset(MODEL) turns
+"bundled", on a GPU, into the largest preset in the local hub cache that fits its memory (any other MODEL, and
+"bundled" on a CPU, unchanged). setup() also drops
 one known log line that is not about anything a participant did (KernelsNotice). answers_table draws
 answers side by side as an escaped HTML table.
 """
@@ -20,9 +21,9 @@ from __future__ import annotations
 import html
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from collections.abc import Callable
 from typing import NamedTuple
 
 from .config import RunConfig
@@ -79,9 +80,12 @@ def in_hub_cache(hub_id: str) -> bool:
 
 
 def gpu_preset(model: str, memory_gib: float | None = None, cached: Callable[[str], bool] = in_hub_cache) -> str:
-    """On a GPU, the preset with the largest step (PRESETS' vram_gib) that fits HEADROOM of its memory and is in
-    the local hub cache, printed with why; `model` when there is no GPU or no such preset. memory_gib: the GPU's
-    memory (default: CUDA device 0's; None on a machine without CUDA)."""
+    """For model "bundled" on a GPU, the preset with the largest step (PRESETS' vram_gib) that fits HEADROOM of
+    its memory and is in the local hub cache, printed with why; `model` itself when it names another model (the
+    user chose it), on a machine without a GPU, or when no such preset is cached. memory_gib: the GPU's memory
+    (default: CUDA device 0's)."""
+    if model != "bundled":
+        return model
     if memory_gib is None:
         import torch
 

@@ -34,7 +34,8 @@ def test_each_method_gets_its_best_direct_qa_point_within_one_se_of_the_base():
 @pytest.mark.slow
 def test_a_tiny_run_measures_every_earlier_batch_after_every_stage(tokenizer, tmp_path):
     """One step per stage on the tiny llama, both methods: stage k's row holds batches A … k, with QA, gains,
-    retention and drift; the file is written and a second call resumes without training again."""
+    retention and drift; the file is written and a second call resumes without training again, and refuses to
+    resume under other steps or settings (a break: the saved file taken as it is, whatever the call)."""
     base = tiny_llama(tokenizer)
     settings = {"sft": {"system": "short", "lr": 1e-3, "prompts": 2, "facts": 8, "para": 1},
                 "sdft": {"system": "short", "template": "context-first", "skip_first": 0, "lr": 1e-3, "tokens": 3,
@@ -56,6 +57,11 @@ def test_a_tiny_run_measures_every_earlier_batch_after_every_stage(tokenizer, tm
     assert results["n_probes"] == 2 and len(continual_forgetting(results).data) == 2 * 2 + 1  # 2 panels × 2 methods, base
     again = continual(tmp_path, seeds=(0,), settings=settings, steps=1, limit=2, model=(base, tokenizer))
     assert again["runs"] == results["runs"]
+    with pytest.raises(ValueError, match="another 'steps'"):  # resumed under other settings: refused, not mixed
+        continual(tmp_path, seeds=(0,), settings=settings, steps=2, limit=2, model=(base, tokenizer))
+    with pytest.raises(ValueError, match="ran sft with other settings"):
+        continual(tmp_path, seeds=(0,), settings={**settings, "sft": {**settings["sft"], "lr": 3e-3}}, steps=1,
+                  limit=2, model=(base, tokenizer))
     part = continual(tmp_path / "sdft", seeds=(0,), settings=settings, steps=1, limit=2, model=(base, tokenizer),
                      methods=("sdft",))
     assert [r["method"] for r in part["runs"]] == ["sdft"] and list(part["settings"]) == ["sdft"]

@@ -59,8 +59,8 @@ def test_every_notebook_switches_model_with_its_one_model_line(path):
     no other cell names a model. A notebook that loads no model (04 reads published results) names none."""
     cells = ["".join(c["source"]) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"][1:]
     rest = "\n".join(cells)
-    if not re.search(r"\bload\(", rest):
-        assert "MODEL" not in rest and not re.search(r"""model\s*=\s*["']""", rest), "names a model, loads none"
+    if path.stem == "04_retention":  # it reads the published results
+        assert not re.search(r"\bload\(|MODEL|model\s*=\s*[\"']", rest), "04 loads no model and names none"
         return
     assert re.search(r'^MODEL = "bundled"  # .*preset', cells[0], re.M), "the first code cell sets MODEL"
     assert re.search(r"\bload\(MODEL\b|model=MODEL\b", rest), "MODEL is what the notebook loads"

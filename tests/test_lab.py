@@ -56,7 +56,8 @@ def test_answers_table_marks_the_answers_named_correct_in_their_own_column():
 
 def test_gpu_preset_picks_the_largest_cached_preset_that_fits_and_keeps_the_model_otherwise(capsys):
     """Breaks it fails on: the smallest fitting preset picked, a preset not in the cache picked (load would fail
-    offline), the headroom left out (a preset needing all of the GPU's memory picked)."""
+    offline), the headroom left out (a preset needing all of the GPU's memory picked), a model the user named
+    replaced."""
     from sdft_lab import PRESETS
     from sdft_lab.lab import HEADROOM, gpu_preset
 
@@ -69,6 +70,7 @@ def test_gpu_preset_picks_the_largest_cached_preset_that_fits_and_keeps_the_mode
     assert gpu_preset("bundled", 1000, cached=lambda h: False) == "bundled"
     assert "no preset in the local hub cache fits" in capsys.readouterr().out
     assert gpu_preset("bundled", 1.0, cached=lambda h: True) == "bundled"  # nothing fits 1 GiB
+    assert gpu_preset("qwen2.5-0.5b", 1000, cached=lambda h: True) == "qwen2.5-0.5b"  # the user's own choice kept
 
 
 def test_gpu_preset_keeps_the_model_without_a_gpu(monkeypatch):

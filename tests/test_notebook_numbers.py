@@ -34,7 +34,7 @@ ALLOWED = {
     "2.7": (r"e ≈ $", "Euler's number, to say what a nat is"),
     "0.5": (r"(α |at α )$", "a JSD weight the cell sets"),
     "3.1": (r"Physics of Language Models $", "the title of the cited paper"),
-    f"{frontier.QA_TARGET:.0%}".replace("%", " %"): (r"(Whether |neither reaches )$", "the target, frontier.QA_TARGET"),
+    f"{frontier.QA_TARGET:.0%}".replace("%", " %"): (r"[Ww]hether (the )?$", "the target, frontier.QA_TARGET"),
 }
 TIME = re.compile(r"^\s*(s|min|hours?)\b")  # a cell's or a run's measured time: "about 1.5 hours"
 ARXIV = re.compile(r"arXiv $")

@@ -96,9 +96,19 @@ def continual(out: Path, seeds: tuple[int, ...] = SEEDS, settings: dict[str, dic
     settings = {m: s for m, s in settings.items() if m in methods}
     stages = list(batches(limit))
     system = SYSTEMS[next(iter(settings.values()))["system"]]
-    results = json.loads(path.read_text()) if path.exists() else {
-        "date": time.strftime("%Y-%m-%d"), "machine": machine(next(base.parameters()).device), "rule": RULE,
-        "settings": settings, "steps": steps, "stages": [s[0] for s in STAGES], "n_probes": len(probes), "runs": []}
+    results = {"date": time.strftime("%Y-%m-%d"), "machine": machine(next(base.parameters()).device), "rule": RULE,
+               "settings": settings, "steps": steps, "stages": [s[0] for s in STAGES], "n_probes": len(probes),
+               "runs": []}
+    if path.exists():  # resume: only what was measured the same way, the methods of both calls
+        saved = json.loads(path.read_text())
+        for key in ("rule", "steps", "stages", "n_probes"):
+            if saved.get(key) != results[key]:
+                raise ValueError(f"{path} was measured with another {key!r} ({saved.get(key)!r}, now "
+                                 f"{results[key]!r}): give another --out, or delete it to start again")
+        for m, s in settings.items():
+            if saved["settings"].setdefault(m, s) != s:
+                raise ValueError(f"{path} ran {m} with other settings: give another --out, or delete it")
+        results = saved
     refs = {"general": reference(base, tok, [p.question for p in probes])}
     before = {name: meter(base, tok, items, system) for name, _, items in stages}
     if "base" not in results:

@@ -323,14 +323,15 @@ QA_TARGET = 0.4  # the share of held-out direct questions the better method shou
 
 
 def qa_target(results: dict, key: str = "") -> str:
-    """One sentence per seed set: is QA_TARGET reached by the best point whose mean retention lies within one
-    standard error of the base's, and by which configuration."""
+    """One sentence per seed set: is QA_TARGET reached by the best point (the most direct QA, then the highest
+    retention) whose mean retention is not more than one standard error below the base's, and by which."""
     se = retention_se(results["base_retention"], results["n_probes"])
     kept = [p for p in results.get("points" + key, []) if p["retention"]["mean"] >= results["base_retention"] - se]
     if not kept:
         return "no configuration kept retention within one standard error of the base."
-    best = max(kept, key=lambda p: p["qa_direct"]["mean"])
-    return (f"target ({QA_TARGET:.0%} of the held-out direct questions, retention within one SE of the base) "
+    best = max(kept, key=lambda p: (p["qa_direct"]["mean"], p["retention"]["mean"]))
+    return (f"target ({QA_TARGET:.0%} of the held-out direct questions, retention not more than one SE below the "
+            f"base's) "
             f"{'reached' if best['qa_direct']['mean'] >= QA_TARGET else 'not reached'}: the best is {best['family']} at "
             f"lr {best['lr']:g} with {best['qa_direct']['mean']:.0%} (retention {best['retention']['mean']:.3f}).")
 
@@ -349,7 +350,8 @@ def qa_reading(results: dict) -> str:
             lines.append(f"{label}, z = {v['z']:.2f}: {row['family']} at lr {row['lr']:g} ({row['seeds']} seeds) "
                          f"against SFT at the same drift: " + "; ".join(parts) +
                          ("" if row["retention_ok"] else "; retention outside one SE of the base") + ".")
-    lines += [f"{label}: {qa_target(results, key)}" for key, label in (("", "seeds 0–2"), ("_fresh", "seeds 3–5"))]
+    lines += [f"{label}: {qa_target(results, key)}" for key, label in (("", "seeds 0–2"), ("_fresh", "seeds 3–5"))
+              if results.get("points" + key)]
     return "\n".join(lines)
 
 

@@ -10,7 +10,7 @@
     python -m sdft_lab.experiments knowledge --out runs/knowledge
     python -m sdft_lab.experiments sequential --steps 8 --out runs/sequential
     python -m sdft_lab.experiments pareto --task science --lrs 3e-4 1e-3 3e-3
-    python -m sdft_lab.experiments workshop     # notebook 03's run with the learning meter, 9–10 min (workshop.py)
+    python -m sdft_lab.experiments workshop     # notebook 03's run with the learning meter, about 11 min (workshop.py)
 
 Each run writes results.json and HTML plots to its folder.
 """

@@ -142,10 +142,11 @@ def continual_forgetting(results: dict) -> go.Figure:
     fig.add_trace(go.Scatter(x=[0], y=[base["retention"]], error_y=dict(array=[se]), mode="markers",
                              marker=dict(color="grey", size=10), name="base ± 1 SE"), row=1, col=1)
     for col in (1, 2):
-        fig.update_xaxes(title_text="optimizer steps (stages A, B, C)", tickvals=steps, row=1, col=col)
+        fig.update_xaxes(title_text=f"optimizer steps (stages {', '.join(names)})", tickvals=steps, row=1, col=col)
     fig.update_yaxes(title_text="accuracy", row=1, col=1)
     fig.update_yaxes(title_text="nats per token", rangemode="tozero", row=1, col=2)
-    fig.update_layout(title=f"Forgetting along the sequence (± 1 sd over {len({r['seed'] for r in results['runs']})} seeds)",
+    seeds = {r["seed"] for r in results["runs"] if len(r["stages"]) == len(names)}
+    fig.update_layout(title=f"Forgetting along the sequence (± 1 sd over {len(seeds)} seeds)",
                       height=380)
     return fig
 
