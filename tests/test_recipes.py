@@ -108,8 +108,9 @@ def test_workshop_runs_both_methods_with_the_meter_and_reuses_a_finished_run(tok
     assert "ceiling_meter" in results["sdft"] and "ceiling_meter" not in results["sft"]  # only SDFT has a teacher
     assert results["n_probes"] == 10 and "SDFT (1 steps" in ws.reading(results)
     assert len(results["sdft"]["teacher_answers"]) == 2 and "teacher_answers" not in results["sft"]
-    assert list(results["shown"]) == ["base", "SFT", "SDFT", "teacher (passage in context)"]
-    assert results["shown"]["SFT"] == results["sft"]["answers"] and all(len(v) == 2 for v in results["correct"].values())
+    shown = ws.answer_columns(results)
+    assert list(shown) == list(results["correct"]) == ["base", "SFT", "SDFT", "teacher (passage in context)"]
+    assert shown["SFT"] == results["sft"]["answers"] and all(len(v) == 2 for v in results["correct"].values())
     for m in ("sft", "sdft"):  # each trained adapter saved, in peft's safetensors format
         assert (tmp_path / m / "adapter" / "adapter_model.safetensors").is_file()
     assert not hasattr(model, "peft_config")  # the base is left as it was

@@ -33,6 +33,7 @@ from ..eval.retention import retention_se
 from ..models import load
 from ..report import machine
 from ..trainer import Trainer
+from .frontier import kept
 from .runs import student_of
 from .search import DOCS, STEPS, SYSTEMS, run_config, settings_of
 
@@ -45,15 +46,29 @@ RULE = ("Each method's configuration is its point of the QA sweep (docs/frontier
 
 def best_settings(sweep: dict) -> dict[str, dict]:
     """RULE applied to a QA sweep: {method: settings}."""
-    se = retention_se(sweep["base_retention"], sweep["n_probes"])
     trials = {t["name"]: t["settings"] for t in sweep["trials"]}
     out = {}
     for method in ("sft", "sdft"):
-        ok = [p for p in sweep["points"] if p["method"] == method
-              and p["retention"]["mean"] >= sweep["base_retention"] - se]
+        ok = [p for p in kept(sweep) if p["method"] == method]
         if ok:
             out[method] = trials[max(ok, key=lambda p: p["qa_direct"]["mean"])["name"]]
     return out
+
+
+def refuse_unlike(a: dict, b: dict, keys: tuple[str, ...], where: str) -> None:
+    """A ValueError unless `a` and `b` were measured the same way: equal under every key."""
+    for key in keys:
+        if a.get(key) != b.get(key):
+            raise ValueError(f"{where} was measured with another {key!r} ({a.get(key)!r} against {b.get(key)!r}): "
+                             "rerun it, or give another --out")
+
+
+def join_settings(settings: dict, more: dict, where: str) -> None:
+    """`more`'s methods added to `settings` in place; a method given two configurations is refused."""
+    for m, s in more.items():
+        if settings.setdefault(m, s) != s:
+            raise ValueError(f"{where} ran {m} with other settings (two configurations of one method): rerun it, "
+                             "or give another --out")
 
 
 def batches(limit: int | None = None):
@@ -101,13 +116,8 @@ def continual(out: Path, seeds: tuple[int, ...] = SEEDS, settings: dict[str, dic
                "runs": []}
     if path.exists():  # resume: only what was measured the same way, the methods of both calls
         saved = json.loads(path.read_text())
-        for key in ("rule", "steps", "stages", "n_probes"):
-            if saved.get(key) != results[key]:
-                raise ValueError(f"{path} was measured with another {key!r} ({saved.get(key)!r}, now "
-                                 f"{results[key]!r}): give another --out, or delete it to start again")
-        for m, s in settings.items():
-            if saved["settings"].setdefault(m, s) != s:
-                raise ValueError(f"{path} ran {m} with other settings: give another --out, or delete it")
+        refuse_unlike(saved, results, ("rule", "steps", "stages", "n_probes"), str(path))
+        join_settings(saved["settings"], settings, str(path))
         results = saved
     refs = {"general": reference(base, tok, [p.question for p in probes])}
     before = {name: meter(base, tok, items, system) for name, _, items in stages}
@@ -141,12 +151,8 @@ def merge(parts: list[dict]) -> dict:
     first = parts[0]
     runs, settings = {}, {}
     for part in parts:
-        for key in ("rule", "steps", "stages", "n_probes", "base"):
-            if part[key] != first[key]:
-                raise ValueError(f"continual results differ in {key!r}: measured under other settings; rerun them")
-        for m, s in part["settings"].items():
-            if settings.setdefault(m, s) != s:
-                raise ValueError(f"continual results give {m} two configurations; rerun one of them")
+        refuse_unlike(part, first, ("rule", "steps", "stages", "n_probes", "base"), "a part of the continual results")
+        join_settings(settings, part["settings"], "a part of the continual results")
         for r in part["runs"]:
             if (r["method"], r["seed"]) in runs:
                 raise ValueError(f"{r['method']} seed {r['seed']} was run twice; keep one of the result files")
@@ -188,8 +194,8 @@ def reading(results: dict) -> str:
     names, base = results["stages"], results["base"]
     se = retention_se(base["retention"], results["n_probes"])
     first, last = names[0], names[-1]
-    qa = ", ".join(f"{n} {base['tasks'][n]['qa']['direct']:.0%}" for n in names)
-    lines = [f"Base: direct QA {qa}; retention {base['retention']:.3f} on {results['n_probes']} probes "
+    base_qa = ", ".join(f"{n} {base['tasks'][n]['qa']['direct']:.0%}" for n in names)
+    lines = [f"Base: direct QA {base_qa}; retention {base['retention']:.3f} on {results['n_probes']} probes "
              f"(one SE {se:.3f})."]
     ends = {}  # method: (batch A's gain kept, as a share; retention after the last stage)
     for method in ("sft", "sdft"):

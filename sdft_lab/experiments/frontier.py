@@ -322,18 +322,24 @@ def table(results: dict) -> str:
 QA_TARGET = 0.4  # the share of held-out direct questions the better method should answer (issue target)
 
 
+def kept(results: dict, key: str = "") -> list[dict]:
+    """The points of a seed set ("" or "_fresh") whose mean retention is not more than one standard error below
+    the base's: the ones a rule may pick."""
+    floor = results["base_retention"] - retention_se(results["base_retention"], results["n_probes"])
+    return [p for p in results.get("points" + key, []) if p["retention"]["mean"] >= floor]
+
+
 def qa_target(results: dict, key: str = "") -> str:
-    """One sentence per seed set: is QA_TARGET reached by the best point (the most direct QA, then the highest
-    retention) whose mean retention is not more than one standard error below the base's, and by which."""
-    se = retention_se(results["base_retention"], results["n_probes"])
-    kept = [p for p in results.get("points" + key, []) if p["retention"]["mean"] >= results["base_retention"] - se]
-    if not kept:
+    """One sentence per seed set: is QA_TARGET reached by the best kept point (the most direct QA, then the
+    highest retention), and by which."""
+    ok = kept(results, key)
+    if not ok:
         return "no configuration kept retention within one standard error of the base."
-    best = max(kept, key=lambda p: (p["qa_direct"]["mean"], p["retention"]["mean"]))
+    best = max(ok, key=lambda p: (p["qa_direct"]["mean"], p["retention"]["mean"]))
+    verdict = "reached" if best["qa_direct"]["mean"] >= QA_TARGET else "not reached"
     return (f"target ({QA_TARGET:.0%} of the held-out direct questions, retention not more than one SE below the "
-            f"base's) "
-            f"{'reached' if best['qa_direct']['mean'] >= QA_TARGET else 'not reached'}: the best is {best['family']} at "
-            f"lr {best['lr']:g} with {best['qa_direct']['mean']:.0%} (retention {best['retention']['mean']:.3f}).")
+            f"base's) {verdict}: the best is {best['family']} at lr {best['lr']:g} with "
+            f"{best['qa_direct']['mean']:.0%} (retention {best['retention']['mean']:.3f}).")
 
 
 def qa_reading(results: dict) -> str:

@@ -101,15 +101,19 @@ def workshop(out: Path, cfg: WorkshopConfig | None = None, live=None, reuse: boo
                                    retention=mc_accuracy(model, tok, probes), drift=drift(model, general),
                                    answers=answers(model, tok, shown, [system], tokens)[0], loss=[r["loss"] for r in history])
             model.save_pretrained(out / method / "adapter")  # peft's safetensors: sdft_lab.load_adapter reads it
-    # the answers side by side, each marked by the QA sweep's lenient score (an accepted answer appears)
-    results["shown"] = {"base": results["sdft"]["base_answers"], "SFT": results["sft"]["answers"],
-                        "SDFT": results["sdft"]["answers"], "teacher (passage in context)": results["sdft"]["teacher_answers"]}
+    # each column's answers marked by the QA sweep's lenient score (an accepted answer appears)
     results["correct"] = {k: [score_qa(t, it.answers, it.wrong)[1] == 1 for t, it in zip(col, direct)]
-                          for k, col in results["shown"].items()}
+                          for k, col in answer_columns(results).items()}
     results["total_s"] = time.perf_counter() - start
     out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=1))
     return results
+
+
+def answer_columns(results: dict) -> dict[str, list[str]]:
+    """The greedy answers to the shown questions side by side: the base's, each student's and the teacher's."""
+    return {"base": results["sdft"]["base_answers"], "SFT": results["sft"]["answers"],
+            "SDFT": results["sdft"]["answers"], "teacher (passage in context)": results["sdft"]["teacher_answers"]}
 
 
 def reading(results: dict) -> str:
