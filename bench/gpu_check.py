@@ -126,9 +126,9 @@ def random_checkpoint(shape: str, folder: Path, dtype: torch.dtype, device: str 
 def build(shape: str, device: str, folder: Path):
     """(student, tokenizer, settings): load(folder, "nf4") of a random checkpoint, with the preset's LoRA."""
     from sdft_lab import StudentConfig, add_student, load
-    from sdft_lab.models import compute_dtype
+    from sdft_lab.precision import load_dtype
 
-    random_checkpoint(shape, folder, compute_dtype(device), device)
+    random_checkpoint(shape, folder, load_dtype(device, quantized=False), device)
     t = time.perf_counter()
     model, tok = load(str(folder), quantization="nf4", device=device)
     log(f"{shape}: NF4 load in {time.perf_counter() - t:.1f} s")

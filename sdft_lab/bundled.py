@@ -8,6 +8,8 @@ import hashlib
 import importlib.util
 import json
 import os
+import platform
+import re
 import shutil
 import tempfile
 import warnings
@@ -36,6 +38,15 @@ def bundled_gguf() -> Path:
 
 def cache_root() -> Path:
     return Path(os.environ.get("SDFT_LAB_CACHE", Path.home() / ".cache" / "sdft_lab"))
+
+
+def machine_key() -> str:
+    """What a measurement in the cache folder holds for: the CPU model, torch's version and its threads."""
+    try:
+        cpu = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M).group(1).strip()
+    except (OSError, AttributeError):
+        cpu = platform.processor() or platform.machine()
+    return f"{cpu}; torch {torch.__version__}; {torch.get_num_threads()} threads"
 
 
 def read_cache(name: str) -> dict:

@@ -3,7 +3,7 @@
 A checkpoint is a folder `step-NNNNNN/` holding
   adapters.safetensors   every LoRA tensor (the student and, if used, the EMA teacher)
   state.safetensors      the optimizer's tensors (AdamW moments) and the RNG states
-  state.json             step, optimizer param groups, scheduler, Python RNG, metric history
+  state.json             step, the base's precision, optimizer param groups, scheduler, Python RNG, metric history
 Only safetensors and JSON: nothing is unpickled on resume. The folder is written
 under a temporary name and renamed into place, so a run killed at any moment
 leaves either the whole checkpoint or none of it.
@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from . import precision
 
 FILES = ("adapters.safetensors", "state.safetensors", "state.json")
 
@@ -47,7 +49,7 @@ def save(directory: str | Path, step: int, model, optimizer, scheduler, history:
             tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
         save_file(tensors, tmp / FILES[1])
         version, ints, gauss = random.getstate()
-        state = {"step": step, "param_groups": opt["param_groups"], "scheduler": scheduler.state_dict(),
+        state = {"step": step, "precision": precision.name(model), "param_groups": opt["param_groups"], "scheduler": scheduler.state_dict(),
                  "python_rng": [version, list(ints), gauss], "history": history}
         (tmp / FILES[2]).write_text(json.dumps(state))
         if final.exists():  # the same step saved again after a resume
@@ -74,6 +76,12 @@ def load(path: str | Path, model, optimizer, scheduler) -> tuple[int, list[dict]
     missing = [f for f in FILES if not (path / f).is_file()]
     if missing:
         raise FileNotFoundError(f"{path} is not a complete checkpoint: {missing} missing.")
+    state = json.loads((path / FILES[2]).read_text())
+    # a run repeats only under one precision: a resume that computes otherwise would continue another run
+    if state.get("precision", precision.name(model)) != precision.name(model):
+        raise ValueError(f"{path} was written by a run whose base computed in {state['precision']}; this model "
+                         f"computes in {precision.name(model)}. Resume under the same precision: set "
+                         f"{precision.ENV}={state['precision']} (see sdft_lab/precision.py).")
     adapters = load_file(path / FILES[0])
     params = {n: p for n, p in model.named_parameters() if "lora_" in n}
     if set(adapters) != set(params):
@@ -83,7 +91,6 @@ def load(path: str | Path, model, optimizer, scheduler) -> tuple[int, list[dict]
         for name, p in params.items():
             p.copy_(adapters[name])
     tensors = load_file(path / FILES[1])
-    state = json.loads((path / FILES[2]).read_text())
     opt_state: dict[int, dict] = {}
     for name, t in tensors.items():
         if name.startswith("opt."):

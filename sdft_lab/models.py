@@ -18,6 +18,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from . import precision
 from .bundled import BUNDLED, bundled_path
 from .presets import PRESETS
 
@@ -38,15 +39,6 @@ def resolve_quantization(quantization: str, device: str) -> str:
     return quantization
 
 
-def compute_dtype(device: str) -> torch.dtype:
-    """bf16 on a GPU that computes it natively (Ampere and later), fp16 on one that does not (T4, V100: bf16
-    would be emulated); fp32 on the CPU, where most CPUs have no native bf16 matmul either and the 4-bit layers
-    then compute exactly what their dequantized weights give. LoRA weights and the losses stay fp32."""
-    if not device.startswith("cuda"):
-        return torch.float32
-    return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
-
-
 def load(
     name_or_path: str = BUNDLED,
     quantization: str = "auto",
@@ -57,8 +49,8 @@ def load(
     a hub id.
 
     quantization: "auto" = NF4 on CUDA and fp32 on the CPU; "nf4" forces 4-bit (bitsandbytes, double
-    quant); "none" = no quantisation. Compute is compute_dtype(device): bf16 on GPUs that have it natively,
-    fp16 on those that do not, fp32 on the CPU.
+    quant); "none" = no quantisation. The base computes in the precision policy's type (precision.py): bf16 on
+    GPUs that have it natively, fp16 on those that do not; on the CPU fp32, or bf16 where measured faster.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
@@ -68,7 +60,7 @@ def load(
     preset = PRESETS.get(name_or_path)
     path = str(bundled_path()) if name_or_path == BUNDLED else preset.hub_id if preset else name_or_path
     kwargs: dict = {"trust_remote_code": trust_remote_code}
-    dtype = compute_dtype(device)
+    dtype = precision.load_dtype(device, quant == "nf4")
     kwargs["dtype"] = dtype
     if quant == "nf4":
         kwargs["quantization_config"] = BitsAndBytesConfig(
@@ -91,6 +83,7 @@ def load(
         ) from err
     if quant != "nf4":
         model.to(device)
+        precision.resolve(model)
     elif device == "cpu":
         portable_cpu_4bit(model)
     if tokenizer.pad_token_id is None:
@@ -200,7 +193,8 @@ def add_student(model, lora: StudentConfig | None = None, seed: int | None = 0):
         with torch.random.fork_rng(devices=cuda), quiet_peft():  # the caller's RNG stream is kept
             if seed is not None:
                 torch.manual_seed(seed)
-            return get_peft_model(model, config, adapter_name=STUDENT)
+            # the adapter in fp32 over a bf16/fp16 base (peft's default, said here: the precision policy needs it)
+            return get_peft_model(model, config, adapter_name=STUDENT, autocast_adapter_dtype=True)
     except ValueError as err:
         if "not found" not in str(err) and "Target modules" not in str(err):
             raise

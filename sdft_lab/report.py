@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from . import figures
+from . import figures, precision
 from .figures import MEMORY, PHASES
 from .prompts import PromptConfig, student_ids
 from .rollout import greedy_texts
@@ -95,7 +95,8 @@ def save(trainer, before: list[str] | None, wall_s: float) -> Path:
     trainer.model.eval()
     run = {
         "objective": trainer.objective.name, "config": trainer.config, "versions": versions(),
-        "machine": machine(trainer.device),
+        "machine": machine(trainer.device), "precision": precision.describe(trainer.model),
+        "evaluations_s": trainer.eval_s,
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "wall_s": wall_s,
         "steps": trainer.step_count, "preflight": trainer.preflight, "collapse": trainer.collapse.alarms,
         "answers": {"prompts": [ex.question for ex in trainer.report_prompts], "before": before,
@@ -140,6 +141,9 @@ def _summary(run: dict, metrics: list[dict]) -> list[tuple[str, str]]:
     rows = [("objective", run["objective"]), ("steps", str(run["steps"])), ("wall time of train()", f"{run['wall_s']:.1f} s"),
             ("date", run["date"]), ("machine", f"{m.get('gpu') or m['cpu']} · {m['cores']} cores · torch threads "
                                                f"{m['torch_threads']} · {' '.join(m['cpu_flags']) or 'no AVX2'}")]
+    if "precision" in run:  # runs written before the precision policy computed in fp32 on the CPU
+        rows.append(("precision of the base", run["precision"]))
+    rows += [(f"time in {name}", f"{s:.1f} s") for name, s in run.get("evaluations_s", {}).items()]
     peaks = {k: max(r[k] for r in metrics if k in r) for k in MEMORY if any(k in r for r in metrics)}
     rows += [(k.replace("_gib", "").replace("_", " "), f"{v:.2f} GiB") for k, v in peaks.items()]
     rows += [(name, str(v)) for name, v in run["versions"].items()]

@@ -18,16 +18,13 @@ bench/step_time.py and bench/decode_ab.py measure them.
 from __future__ import annotations
 
 import os
-import platform
-import re
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .bundled import read_cache, write_cache
+from .bundled import machine_key, read_cache, write_cache
 from .models import decoder
 
 SUPPORTED = ("llama", "mistral", "qwen2")  # pre-norm, rotary, GQA, gated MLP, no extra norms
@@ -132,14 +129,6 @@ def linear(module: nn.Module, x: torch.Tensor, merged: dict | None = None) -> to
 TRANSPOSED: dict[tuple, bool] = {}
 MEASURED_ROWS = 64  # above this the product is compute-bound and both layouts run alike: x @ W.T
 MARGIN = 0.9  # W @ x.T must take under 90 % of the time: a near-tie keeps nn.Linear's layout
-
-
-def machine_key() -> str:
-    try:
-        cpu = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M).group(1).strip()
-    except (OSError, AttributeError):
-        cpu = platform.processor() or platform.machine()
-    return f"{cpu}; torch {torch.__version__}; {torch.get_num_threads()} threads"
 
 
 LAYOUTS_FILE = "matmul_layouts.json"  # in the cache folder

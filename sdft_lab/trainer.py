@@ -113,6 +113,7 @@ class Trainer:
         self.tracker: Tracker | None = None
         self.answers_before: list[str] | None = None
         self.wall_s = 0.0
+        self.eval_s: dict[str, float] = {}  # seconds in each callback over the run (the learning meter, retention…)
         seed_everything(self.cfg.seed)
         self.group = distributed.setup(model)
         objective.setup(model)
@@ -198,8 +199,11 @@ class Trainer:
                   "step_s": time.perf_counter() - t0, **self.group.average_metrics(memory.peak(self.device))}
         self.history.append(record)
         self.collapse(self.history)
-        for callback in self.callbacks:
+        for callback in self.callbacks:  # evaluations, mostly: each one's time goes to the run report
+            t = time.perf_counter()
             callback(record)
+            name = getattr(callback, "name", getattr(callback, "__name__", type(callback).__name__))
+            self.eval_s[name] = self.eval_s.get(name, 0.0) + time.perf_counter() - t
         if self.tracker:
             self.tracker.log(record)
         return record

@@ -7,7 +7,7 @@ from html.parser import HTMLParser
 import pytest
 import torch
 
-from sdft_lab import SDFT, Example, SDFTConfig
+from sdft_lab import SDFT, SDFTConfig
 from sdft_lab.inspect.diffs import TokenDiff, divergence_figure, table_html, to_html, token_diffs, words
 
 

@@ -34,9 +34,9 @@ def model_path(tmp_path_factory) -> str:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
     from gpu_check import random_checkpoint
 
-    from sdft_lab.models import compute_dtype
+    from sdft_lab.precision import load_dtype
 
-    return str(random_checkpoint("tiny", tmp_path_factory.mktemp("random-model"), compute_dtype("cuda"), "cuda"))
+    return str(random_checkpoint("tiny", tmp_path_factory.mktemp("random-model"), load_dtype("cuda", quantized=False), "cuda"))
 
 
 def logits_of(model, tok):

@@ -2,7 +2,6 @@
 sampled-token estimator on guided rows."""
 
 import pytest
-import torch
 
 from sdft_lab import SDFT, SFT, Example, SDFTConfig, SFTConfig
 from sdft_lab.losses import DivergenceConfig

@@ -100,6 +100,8 @@ class MeterCallback:
     `live(point)` is called with each new point (plots.LiveMeter draws it in a notebook). With `drift`
     (eval.drift.references()), each point also carries the forgetting meter: {"drift": {set: KL}}."""
 
+    name = "learning meter"  # in the run report's time per evaluation
+
     def __init__(self, model, tokenizer, items: list[QAItem], every: int = 5, system: str | None = None,
                  start: dict | None = None, live: Callable[[dict], None] | None = None,
                  drift: dict[str, Reference] | None = None):

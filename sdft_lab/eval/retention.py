@@ -76,6 +76,8 @@ def mc_accuracy(model, tokenizer, probes: list[Probe], batch_size: int = 8) -> d
 class RetentionCallback:
     """A Trainer callback: the retention probes every `every` steps, kept in `self.curve`."""
 
+    name = "retention probes"  # in the run report's time per evaluation
+
     def __init__(self, model, tokenizer, probes: list[Probe], every: int = 5, start: dict | None = None):
         """start: the step-0 scores if already measured (a fresh LoRA student scores as its base)."""
         self.model, self.tokenizer, self.probes, self.every = model, tokenizer, probes, every
