@@ -1,13 +1,18 @@
 """Seconds per optimizer step: SFT, sdft_lab's SDFT (each divergence) and TRL's SDFTTrainer, side by side.
 
-The "cpu-bench" config (docs/performance.md): bundled SmolLM2-135M-Instruct, fp32 on the
-CPU, LoRA r16 / α32 on all linear layers, N prompts per step, one rollout each,
-64 new tokens, temperature 1.0, the first 3 completion tokens out of the loss.
+The "cpu-bench" config (docs/performance.md): bundled SmolLM2-135M-Instruct on the CPU at
+the precision policy's type (sdft_lab/precision.py: bf16 where the CPU computes it natively
+and measured faster, fp32 elsewhere; each run records it), LoRA r16 / α32 on all linear
+layers, N prompts per step, one rollout each, 64 new tokens, temperature 1.0, the first 3
+completion tokens out of the loss. TRL runs at its best precision on the machine: its bf16
+default where the CPU has native bf16, fp32 where it has not (trl-full), and fp32 beside it
+(trl-full-fp32); the SDFT-to-TRL target takes the faster TRL run of each round.
 Each variant runs in its own process (so peak RSS is its own), on the same
 prompts and seed. The variants are interleaved: round 1 runs A B C …, round 2
-runs them again, and so on (--rounds, 3 by default), and every ratio is taken
-within a round, pair by pair, then summarised as median (min–max) over the
-rounds. A 2-core VM's speed drifts by up to 2× within an hour; variants run one
+runs them again, and so on, and every ratio is taken within a round, pair by
+pair, then summarised as median (min–max) over the rounds. Rounds repeat from
+--rounds (3) until every ratio's min and max lie within ±10 % of its median
+(--spread) or --max-rounds (8) have run; each ratio's spread is printed. A 2-core VM's speed drifts by up to 2× within an hour; variants run one
 after the other would put that drift into their ratios. Prints the machine, a
 table of s/step (median over rounds of each round's median over the timed steps,
 after one warm-up step), the per-phase breakdown, ratios to SFT and to TRL, peak
@@ -17,7 +22,7 @@ JSON to bench/results/.
 
     python bench/step_time.py                    # 4 prompts per step, every variant, 3 rounds
     python bench/step_time.py --prompts 4 16     # both sizes
-    python bench/step_time.py --variants sft sdft trl-full generate --rounds 5
+    python bench/step_time.py --variants sft sdft trl-full trl-full-fp32 generate --max-rounds 6
 """
 
 from __future__ import annotations
@@ -45,9 +50,12 @@ VARIANTS = {
     "sdft-k2": "SDFT, 2 rollouts per prompt in one batch (rollouts_per_prompt=2): twice the rows of sdft",
     "sdft-gc": "SDFT with gradient checkpointing, as TRL's defaults have it: less memory, one more forward",
     "sdft-unmerged": "SDFT, lean sampler with the LoRA path instead of merged weights",
-    "trl-full": "TRL SDFTTrainer, full_logits (its defaults otherwise)",
-    "trl-topk": "TRL SDFTTrainer, topk_logits k=100 + tail (its defaults otherwise)",
-    "trl-cache": "TRL SDFTTrainer, full_logits, generate with the KV cache on (off by default under checkpointing)",
+    "trl-full": "TRL SDFTTrainer, full_logits, at its best precision here: bf16 (its default) on a CPU with native "
+                "bf16, fp32 on one without (its defaults otherwise)",
+    "trl-full-fp32": "TRL SDFTTrainer, full_logits, fp32 (bf16=False)",
+    "trl-topk": "TRL SDFTTrainer, topk_logits k=100 + tail (its defaults otherwise, precision as trl-full)",
+    "trl-cache": "TRL SDFTTrainer, full_logits, generate with the KV cache on (off by default under checkpointing; "
+                 "precision as trl-full)",
     "generate": "model.generate of the base = the merged model: the sampling reference",
 }
 PHASES = ("sample_s", "teacher_s", "student_fwd_s", "backward_s", "optim_s")
@@ -56,7 +64,7 @@ TOP_K = 100
 
 # the performance targets, on the machine the bench runs on: (what, value, comparison, limit)
 TARGETS = (("rollout sampling speed vs plain generate (generate s / sample s)", "generate_over_sample", ">=", 2.0),
-           ("SDFT step / TRL step", "ratio_to_trl-full", "<=", 0.5),
+           ("SDFT step / TRL step at its best precision", "ratio_to_trl-best", "<=", 0.5),
            ("SDFT peak RSS / TRL peak RSS", "rss_ratio_to_trl", "<=", 1.1),
            ("SDFT step / the bench's floor", "ratio_to_floor", "<=", 1.1),
            ("lean decode step / weight-streaming floor", "decode_over_stream", "<=", 3.0))
@@ -71,6 +79,9 @@ def paired(runs: list[dict], prompts: int, value, ref: str | None = None) -> lis
     out = []
     for r in sorted({run["round"] for run in runs}):
         by = {x["variant"]: x for x in runs if x["round"] == r and x["prompts"] == prompts}
+        trl = [by[k] for k in ("trl-full", "trl-full-fp32") if k in by]
+        if trl:  # TRL at its best precision in this round: the faster of its runs
+            by["trl-best"] = min(trl, key=lambda x: x["median_s"])
         if ref is None or ref in by:
             v = value(by, by.get(ref))
             if v is not None:
@@ -98,6 +109,8 @@ def combine(runs: list[dict], variants: list[str], prompts: list[int]) -> list[d
                                              if v in by else None, "sft"),
                       "ratio_to_trl-full": paired(runs, n, lambda by, ref: by[v]["median_s"] / ref["median_s"]
                                                   if v in by else None, "trl-full"),
+                      "ratio_to_trl-best": paired(runs, n, lambda by, ref: by[v]["median_s"] / ref["median_s"]
+                                                  if v in by else None, "trl-best"),
                       "rss_ratio_to_trl": paired(runs, n, lambda by, ref: by[v]["peak_rss_mib"] / ref["peak_rss_mib"]
                                                  if v in by else None, "trl-full")}
             if v.startswith("sdft-"):  # a variant of the default SDFT step: its time and its sampling's, per round
@@ -116,7 +129,7 @@ def combine(runs: list[dict], variants: list[str], prompts: list[int]) -> list[d
             if "decode_step_s" in row:
                 ratios["decode_over_stream"] = [x["decode_step_s"] / x["stream_s"] for x in mine]
             for key, values in ratios.items():
-                if values and key != f"ratio_to_{v}":
+                if values and key != f"ratio_to_{v}" and not (v.startswith("trl") and key == "ratio_to_trl-best"):
                     s = spread(values)
                     row[key], row[f"{key}_range"] = s["median"], [s["min"], s["max"]]
             rows.append(row)
@@ -135,8 +148,9 @@ def check_targets(rows: list[dict], floors: dict) -> list[str]:
             if key in row and (key == "decode_over_stream") == (row["variant"] == "generate"):
                 met = row[key] >= limit if op == ">=" else row[key] <= limit
                 lo, hi = row.get(f"{key}_range", [row[key], row[key]])
-                lines.append(f"target at {row['prompts']:>2} prompts: {what} = {row[key]:.2f} ({lo:.2f}–{hi:.2f}) "
-                             f"(target {op} {limit}): {'met' if met else 'NOT met'}")
+                half = max(hi / row[key] - 1, 1 - lo / row[key]) if row[key] else 0.0
+                lines.append(f"target at {row['prompts']:>2} prompts: {what} = {row[key]:.2f} ({lo:.2f}–{hi:.2f}, "
+                             f"±{half:.0%}) (target {op} {limit}): {'met' if met else 'NOT met'}")
     return lines
 
 
@@ -157,10 +171,14 @@ def run_variant(variant: str, prompts: int, steps: int, new_tokens: int) -> dict
     from sdft_lab import SDFT, SFT, StudentConfig, TrainConfig, Trainer, add_student, load, load_dataset
     from sdft_lab.prompts import PromptConfig, left_pad, student_ids
 
+    from sdft_lab import precision
+
+    if variant.startswith("trl"):  # TRL keeps fp32 weights and autocasts to bf16 (its bf16=True): load them fp32
+        os.environ[precision.ENV] = "fp32"
     torch.manual_seed(0)
     model, tok = load("bundled", quantization="none", device="cpu")
     examples = load_dataset("demo")
-    times, phases, extra = [], {p: [] for p in PHASES}, {}
+    times, phases, extra = [], {p: [] for p in PHASES}, {"precision": precision.describe(model)}
     if variant == "generate":
         ids, mask = left_pad([student_ids(tok, ex, PromptConfig()) for ex in examples[:prompts]], tok.pad_token_id)
         for i in range(steps + 1):
@@ -169,10 +187,13 @@ def run_variant(variant: str, prompts: int, steps: int, new_tokens: int) -> dict
                 model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens,
                                min_new_tokens=new_tokens, do_sample=True, top_k=0, pad_token_id=tok.pad_token_id)
             times.append(time.perf_counter() - t)
-        extra = decode_and_stream(model, tok, [student_ids(tok, ex, PromptConfig()) for ex in examples[:prompts]],
+        extra |= decode_and_stream(model, tok, [student_ids(tok, ex, PromptConfig()) for ex in examples[:prompts]],
                                   new_tokens)
     elif variant.startswith("trl"):
-        times = run_trl(variant, model, tok, examples, prompts, steps, new_tokens)
+        bf16 = variant != "trl-full-fp32" and precision.native_bf16()
+        times = run_trl(variant, model, tok, examples, prompts, steps, new_tokens, bf16)
+        extra["precision"] = ("bf16 autocast over fp32 weights (TRL's default)" if bf16 else "fp32 (bf16=False"
+                              + (")" if variant == "trl-full-fp32" else ": this CPU has no native bf16)"))
     else:
         if variant == "sdft-unmerged":
             from sdft_lab import sampler
@@ -222,8 +243,10 @@ def decode_and_stream(model, tok, prompts: list[list[int]], new_tokens: int) -> 
             "weights_gib": sum(w.numel() * w.element_size() for w in weights) / 2**30}
 
 
-def run_trl(variant: str, model, tok, examples, prompts: int, steps: int, new_tokens: int) -> list[float]:
-    """TRL's SDFTTrainer on the same model, data and LoRA (through sdft_lab.interop.trl), timed per step."""
+def run_trl(variant: str, model, tok, examples, prompts: int, steps: int, new_tokens: int, bf16: bool) -> list[float]:
+    """TRL's SDFTTrainer on the same model, data and LoRA (through sdft_lab.interop.trl), timed per step.
+    bf16: TRL's default, autocast to bf16 (on a CPU without native bf16 many times slower than fp32: 104 s a
+    step against 16 s on an AVX2-only EPYC, so there it runs fp32)."""
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     from transformers import TrainerCallback
     from trl.experimental.sdft import SDFTTrainer
@@ -236,9 +259,7 @@ def run_trl(variant: str, model, tok, examples, prompts: int, steps: int, new_to
     folder = tempfile.mkdtemp()
     export(examples, tok, folder, SDFTConfig(max_new_tokens=new_tokens, divergence=divergence),
            TrainConfig(steps=steps + 1, batch_size=prompts))
-    # fp32 like every other variant: TRL's default bf16=True autocasts on the CPU, which is many times slower
-    # without native bf16 matmuls (AVX2 only: 104 s/step vs 16 s here).
-    args, lora, data = load_for_trl(folder, tempfile.mkdtemp(), use_cpu=True, bf16=False, report_to="none",
+    args, lora, data = load_for_trl(folder, tempfile.mkdtemp(), use_cpu=True, bf16=bf16, report_to="none",
                                     save_strategy="no", logging_steps=10**6, disable_tqdm=True,
                                     generation_kwargs={"use_cache": True} if variant == "trl-cache" else None)
     times: list[float] = []
@@ -271,7 +292,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    parser.add_argument("--rounds", type=int, default=3, help="runs of every variant, interleaved")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of every variant, interleaved, at least")
+    parser.add_argument("--max-rounds", type=int, default=8, help="at most, while a ratio's spread is wider")
+    parser.add_argument("--spread", type=float, default=0.10, help="every ratio's min and max within ± this of "
+                        "its median ends the rounds")
     parser.add_argument("--worker", nargs=2, metavar=("VARIANT", "PROMPTS"), help=argparse.SUPPRESS)
     parser.add_argument("--tables", type=Path, help="print the tables of a results file (its runs), run nothing")
     args = parser.parse_args()
@@ -296,21 +320,61 @@ def main() -> None:
     out = Path(__file__).parent / "results" / f"step_time_p{'-'.join(map(str, args.prompts))}{chosen}.json"
     out.parent.mkdir(exist_ok=True)
     meta = {"date": time.strftime("%Y-%m-%d"), "machine": the_machine, "new_tokens": args.new_tokens,
-            "timed_steps": args.steps, "rounds": args.rounds}
-    runs = []
+            "timed_steps": args.steps, "rounds": {}, "spread_limit": args.spread}
+    runs: list[dict] = []
+
+    def worker(variant: str, prompts: int) -> dict:
+        cmd = [sys.executable, __file__, "--worker", variant, str(prompts),
+               "--steps", str(args.steps), "--new-tokens", str(args.new_tokens)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode:
+            sys.exit(f"{variant} at {prompts} prompts failed:\n{proc.stderr[-3000:]}")
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    def saved(run: dict) -> None:
+        print(f"  round {run['round'] + 1}: {run['variant']:<13} {run['prompts']:>3} prompts  {run['median_s']:6.2f} "
+              "s/step", file=sys.stderr)
+        write_json(out, {"meta": meta, "partial": True, "runs": runs})  # every run kept as it finishes
+
     for prompts in args.prompts:
-        for r in range(args.rounds):  # interleaved: A B C …, then again; ratios are taken within a round
-            for variant in args.variants:
-                cmd = [sys.executable, __file__, "--worker", variant, str(prompts),
-                       "--steps", str(args.steps), "--new-tokens", str(args.new_tokens)]
-                proc = subprocess.run(cmd, capture_output=True, text=True)
-                if proc.returncode:
-                    sys.exit(f"{variant} at {prompts} prompts failed:\n{proc.stderr[-3000:]}")
-                runs.append({**json.loads(proc.stdout.strip().splitlines()[-1]), "round": r})
-                print(f"  round {r + 1}: {variant:<13} {prompts:>3} prompts  {runs[-1]['median_s']:6.2f} s/step",
-                      file=sys.stderr)
-                write_json(out, {"meta": meta, "partial": True, "runs": runs})  # every run kept as it finishes
+        meta["rounds"][str(prompts)] = rounds(worker, args.variants, prompts, runs, args.rounds, args.max_rounds,
+                                              args.spread, saved)
     tables(runs, args, meta, out)
+
+
+def rounds(worker, variants: list[str], prompts: int, runs: list[dict], least: int, most: int, limit: float,
+           saved=lambda run: None) -> int:
+    """Run every variant once per round (worker(variant, prompts) -> its record), appending to `runs`, from
+    `least` rounds until every ratio's spread is within ±limit or `most` rounds have run. Returns the rounds."""
+    r = 0
+    while True:  # interleaved: A B C …, then again; ratios are taken within a round
+        for variant in variants:
+            runs.append({**worker(variant, prompts), "round": r})
+            saved(runs[-1])
+        r += 1
+        if r < least:
+            continue
+        wide = {k: v for k, v in spreads(combine(runs, variants, [prompts])).items() if v > limit}
+        if not wide:
+            print(f"  every ratio within ±{limit:.0%} of its median after {r} rounds", file=sys.stderr)
+            return r
+        if r >= most:
+            print(f"  the round limit ({r}): {len(wide)} ratios still wider than ±{limit:.0%}", file=sys.stderr)
+            return r
+        print(f"  {len(wide)} ratios wider than ±{limit:.0%} (widest: {max(wide, key=wide.get)}, "
+              f"±{max(wide.values()):.0%}): another round", file=sys.stderr)
+
+
+def spreads(rows: list[dict]) -> dict[str, float]:
+    """Each ratio's spread over the rounds, by "<variant> at <N> prompts: <ratio>": how far its min or max
+    lies from its median, as a fraction of the median (0.1 = all rounds within ±10 %)."""
+    out = {}
+    for row in rows:
+        for key in [k for k in row if k.endswith("_range")]:
+            median, (lo, hi) = row[key.removesuffix("_range")], row[key]
+            out[f"{row['variant']} at {row['prompts']} prompts: {key.removesuffix('_range')}"] = \
+                max(hi / median - 1, 1 - lo / median) if median else 0.0
+    return out
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -323,7 +387,9 @@ def write_json(path: Path, data: dict) -> None:
 def tables(runs: list[dict], args: argparse.Namespace, meta: dict, out: Path | None) -> None:
     """Print the table, the floors and the targets from the runs, and write them all to `out` (if given)."""
     m = meta["machine"]
-    print(f"{meta['date']}, {m['cpu']}, {m['cores']} cores, torch threads {m['torch_threads']}, {meta['rounds']} rounds")
+    rounds = meta["rounds"] if isinstance(meta["rounds"], dict) else {str(p): meta["rounds"] for p in args.prompts}
+    print(f"{meta['date']}, {m['cpu']}, {m['cores']} cores, torch threads {m['torch_threads']}, rounds "
+          + ", ".join(f"{n} at {p} prompts" for p, n in rounds.items()))
     rows = combine(runs, args.variants, args.prompts)
     print(f"\n{'variant':<14}{'prompts':>8}{'s/step':>8}{'×SFT':>7}{'×TRL':>7}{'×SDFT':>7}{'peak RSS':>10}{'×SFT':>6}"
           "   phases (median s)")
@@ -346,9 +412,16 @@ def tables(runs: list[dict], args: argparse.Namespace, meta: dict, out: Path | N
             if row["variant"] == "generate" and row["prompts"] == prompts and "decode_step_s" in row:
                 print(f"decode step of the lean sampler at {prompts} rows: {1e3 * row['decode_step_s']:.0f} ms; reading "
                       f"the {row['weights_gib']:.2f} GiB of weights once: {1e3 * row['stream_s']:.0f} ms")
+    precisions = sorted({f"{x['variant']}: {x['precision']}" for x in runs if "precision" in x})
+    if precisions:
+        print("precision: " + "; ".join(precisions))
     targets = check_targets(rows, floors)
     for line in targets:
         print(line)
+    wide = spreads(rows)
+    limit = meta.get("spread_limit", 0.10)
+    print(f"spread of each ratio over the rounds (±, of its median): {sum(v <= limit for v in wide.values())} of "
+          f"{len(wide)} within ±{limit:.0%}" + "".join(f"\n  {k}: ±{v:.1%}" for k, v in wide.items() if v > limit))
     if out is not None:
         write_json(out, {"meta": meta, "rows": rows, "floors": floors, "runs": runs})
         print(f"\nwritten to {out}")
