@@ -3,7 +3,8 @@
 A checkpoint is a folder `step-NNNNNN/` holding
   adapters.safetensors   every LoRA tensor (the student and, if used, the EMA teacher)
   state.safetensors      the optimizer's tensors (AdamW moments) and the RNG states
-  state.json             step, the base's precision, optimizer param groups, scheduler, Python RNG, metric history
+  state.json             step, the base's precision, optimizer param groups, scheduler, Python RNG, metric
+                         history
 Only safetensors and JSON: nothing is unpickled on resume. The folder is written
 under a temporary name and renamed into place, so a run killed at any moment
 leaves either the whole checkpoint or none of it.
@@ -49,7 +50,8 @@ def save(directory: str | Path, step: int, model, optimizer, scheduler, history:
             tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
         save_file(tensors, tmp / FILES[1])
         version, ints, gauss = random.getstate()
-        state = {"step": step, "precision": precision.name(model), "param_groups": opt["param_groups"], "scheduler": scheduler.state_dict(),
+        state = {"step": step, "precision": precision.name(model), "param_groups": opt["param_groups"],
+                 "scheduler": scheduler.state_dict(),
                  "python_rng": [version, list(ints), gauss], "history": history}
         (tmp / FILES[2]).write_text(json.dumps(state))
         if final.exists():  # the same step saved again after a resume
@@ -77,11 +79,13 @@ def load(path: str | Path, model, optimizer, scheduler) -> tuple[int, list[dict]
     if missing:
         raise FileNotFoundError(f"{path} is not a complete checkpoint: {missing} missing.")
     state = json.loads((path / FILES[2]).read_text())
-    # a run repeats only under one precision: a resume that computes otherwise would continue another run
-    if state.get("precision", precision.name(model)) != precision.name(model):
-        raise ValueError(f"{path} was written by a run whose base computed in {state['precision']}; this model "
-                         f"computes in {precision.name(model)}. Resume under the same precision: set "
-                         f"{precision.ENV}={state['precision']} (see sdft_lab/precision.py).")
+    # A run repeats only under one precision: a resume that computes otherwise would continue another run.
+    # Checkpoints from before the policy name none: on the CPU their base computed in fp32.
+    now = precision.name(model)
+    saved = state.get("precision", "fp32" if model_device(model).type == "cpu" else now)
+    if saved != now:
+        raise ValueError(f"{path} was written by a run whose base computed in {saved}; this model computes in "
+                         f"{now}. Resume under the same precision: {precision.resume_hint(saved)}.")
     adapters = load_file(path / FILES[0])
     params = {n: p for n, p in model.named_parameters() if "lora_" in n}
     if set(adapters) != set(params):

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from . import precision
+
 
 @dataclass(frozen=True)
 class Group:
@@ -90,4 +92,16 @@ def setup(model) -> Group:
     if device.type == "cuda" and device.index != local:
         raise ValueError(f"Process {group.rank} (LOCAL_RANK {local}) holds its model on {device}: every process needs "
                          f"its own GPU. Load it with load(..., device='cuda:{local}') (load's default does this).")
+    # One precision on every process: the precision policy is measured per machine, and gradients of a bf16
+    # base averaged with an fp32 one's would train neither run.
+    kinds = list(precision.NAMES.values())
+    mine = precision.name(model)
+    code = torch.tensor([float(kinds.index(mine) if mine in kinds else len(kinds))], device=device)
+    lo, hi = code.clone(), code.clone()
+    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    if lo.item() != hi.item():
+        raise ValueError(f"Process {group.rank}'s base computes in {mine}, another process's in "
+                         f"another type: every process must compute alike. Set {precision.ENV}=fp32 (or =bf16) "
+                         "for all of them.")
     return Group(group.rank, group.world, device)

@@ -83,9 +83,9 @@ def load(
         ) from err
     if quant != "nf4":
         model.to(device)
-        precision.resolve(model)
     elif device == "cpu":
         portable_cpu_4bit(model)
+    precision.resolve(model, quantized=quant == "nf4")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.generation_config.pad_token_id = tokenizer.pad_token_id

@@ -7,7 +7,10 @@ multiplies it several times slower. So on the CPU "auto" is measured, the way th
 matmul layouts are: on a CPU that has the instructions, a sweep over every weight of the model at a decode's
 rows and at a forward pass's rows, in both types, and bf16 only where it takes under MARGIN of fp32's time at
 both. The choice is kept per machine and model shape in the cache folder's precision.json, so every later
-run on the machine computes alike and repeats bit for bit. Elsewhere the CPU computes fp32, as it always did.
+run on the machine (with its cache folder and thread count) computes alike and repeats bit for bit. Elsewhere
+the CPU computes fp32, as it always did. The first load on a CPU with native bf16 loads fp32 and casts it:
+that load holds the fp32 weights and a bf16 copy for the sweep at once. Under bf16 the lean sampler decodes
+through the adapter's own path (merged weights are an fp32 speed-up), which the sweep does not time.
 On a GPU "auto" is bf16 where it is native (Ampere and later) and fp16 where it is not (T4, V100).
 
 What stays fp32 under any policy: the LoRA matrices (peft keeps adapters in fp32 over a half-precision base),
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -37,7 +41,7 @@ ROWS = (16, 256)  # a decode step's rows (16 rollouts) and a forward pass's (a f
 REPEATS = 3  # each sweep's best of 3
 FILE = "precision.json"  # in the cache folder
 clock = time.perf_counter  # the sweeps' timer
-CHOSEN: dict[str, str] = {}  # this process's choices, by model shape
+CHOSEN: dict[tuple[str, str], str] = {}  # this process's choices, by machine (threads included) and model shape
 
 
 def pinned() -> str:
@@ -72,40 +76,65 @@ def load_dtype(device: str, quantized: bool) -> torch.dtype:
     return torch.bfloat16 if pin == "bf16" else torch.float32
 
 
-def resolve(model) -> None:
-    """Under "auto" on the CPU: cast the loaded fp32 base to bf16 where the sweep measured it faster on this
-    machine (a CPU without native bf16 is never measured, and keeps fp32)."""
-    if pinned() != "auto" or not native_bf16():
-        return
+def resolve(model, quantized: bool = False) -> None:
+    """After loading: under "auto" on the CPU, cast the fp32 base to bf16 where the sweep measured it faster on
+    this machine (a CPU without native bf16 is never measured, and keeps fp32). Records why the base computes
+    in its type, for describe()."""
     weight = model.get_input_embeddings().weight
-    if weight.device.type != "cpu" or weight.dtype != torch.float32:
-        return
-    if faster(model) == "bf16":
-        model.to(torch.bfloat16)
+    if pinned() != "auto":
+        why = f"pinned by {ENV}"
+    elif weight.device.type != "cpu":
+        why = "auto: the GPU's"
+    elif quantized:
+        why = "a 4-bit base on the CPU computes in fp32"
+    elif not native_bf16():
+        why = "auto: this CPU has no native bf16"
+    else:
+        bf16 = faster(model) == "bf16"
+        if bf16 and weight.dtype == torch.float32:
+            cast(model)
+        why = f"auto: measured {'faster' if bf16 else 'not faster'} in bf16 on this machine"
+    model.get_input_embeddings().sdft_lab_precision = why  # on a module a peft wrapper shares with the base
+
+
+def cast(model) -> None:
+    """The parameters in bf16, as from_pretrained(dtype=bf16) loads them; buffers (the rotary frequencies,
+    which transformers computes in fp32 whatever the dtype) as they are."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.data = p.data.to(torch.bfloat16)
 
 
 def faster(model) -> str:
     """ "bf16" or "fp32" for this model's shape on this machine: measured once, then read from the cache."""
     cfg = model.config
-    key = f"{cfg.model_type} {cfg.hidden_size}x{cfg.num_hidden_layers} vocab {cfg.vocab_size}"
-    if key in CHOSEN:
-        return CHOSEN[key]
+    key = (f"{cfg.model_type} {getattr(cfg, 'hidden_size', '?')}x{getattr(cfg, 'num_hidden_layers', '?')} "
+           f"vocab {getattr(cfg, 'vocab_size', '?')}")
+    machine = machine_key()
+    if (machine, key) in CHOSEN:
+        return CHOSEN[machine, key]
     saved = read_cache(FILE)
-    here = saved.setdefault(machine_key(), {})
+    here = saved.setdefault(machine, {})
     if key not in here:
-        times = sweep([m.weight for m in model.modules() if isinstance(m, nn.Linear)])
-        here[key] = {"choice": "bf16" if all(times["bf16"][r] < MARGIN * times["fp32"][r] for r in ROWS) else "fp32",
-                     "seconds": times}
+        weights = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
+        if not weights:  # nothing to time (another layer type): keep fp32
+            return "fp32"
+        print(f"sdft_lab: timing bf16 against fp32 on this CPU for {key}, once (the cache's {FILE})",
+              file=sys.stderr)
+        times = sweep(weights)
+        faster_at_all = all(times["bf16"][r] < MARGIN * times["fp32"][r] for r in times["fp32"])
+        here[key] = {"choice": "bf16" if faster_at_all else "fp32", "seconds": times}
         write_cache(FILE, saved)
-    CHOSEN[key] = here[key]["choice"]
-    return CHOSEN[key]
+    CHOSEN[machine, key] = here[key]["choice"]
+    return CHOSEN[machine, key]
 
 
 @torch.no_grad()
-def sweep(weights: list[torch.Tensor]) -> dict[str, dict[int, float]]:
-    """{type: {rows: seconds}}: the best of REPEATS products of a constant input with every weight, as a forward
-    pass reads them all from memory. Constant inputs: the random stream is untouched."""
-    out: dict[str, dict[int, float]] = {}
+def sweep(weights: list[torch.Tensor]) -> dict[str, dict[str, float]]:
+    """{type: {rows: seconds}} (rows as strings, as JSON keeps them): the best of REPEATS products of a
+    constant input with every weight, as a forward pass reads them all from memory. Constant inputs: the
+    random stream is untouched."""
+    out: dict[str, dict[str, float]] = {}
     for dtype in (torch.float32, torch.bfloat16):
         ws = [w.to(dtype) for w in weights]
         out[NAMES[dtype]] = {}
@@ -117,7 +146,7 @@ def sweep(weights: list[torch.Tensor]) -> dict[str, dict[int, float]]:
                 for w in ws:
                     x[w.shape[1]] @ w.T
                 best = min(best, clock() - t)
-            out[NAMES[dtype]][rows] = best
+            out[NAMES[dtype]][str(rows)] = best
     return out
 
 
@@ -128,12 +157,13 @@ def name(model) -> str:
 
 
 def describe(model) -> str:
-    """The base's type and how it was chosen, for the run report: e.g. "bf16 (auto: measured faster here)"."""
-    pin, kind = pinned(), name(model)
-    if pin != "auto":
-        return f"{kind} (pinned by {ENV})"
-    if model.get_input_embeddings().weight.device.type != "cpu":
-        return f"{kind} (auto: the GPU's)"
-    if not native_bf16():
-        return f"{kind} (auto: this CPU has no native bf16)"
-    return f"{kind} (auto: measured {'faster' if kind == 'bf16' else 'not faster'} in bf16 on this machine)"
+    """The base's type and why, for the run report: e.g. "bf16 (auto: measured faster in bf16 on this machine)"."""
+    why = getattr(model.get_input_embeddings(), "sdft_lab_precision", "as given: not loaded by sdft_lab.load")
+    return f"{name(model)} ({why})"
+
+
+def resume_hint(saved: str) -> str:
+    """What makes a model compute as a checkpoint's run did."""
+    if saved in CHOICES:
+        return f"set {ENV}={saved} (see sdft_lab/precision.py)"
+    return f"resume where the base computes in {saved} as that run's did (fp16: a GPU without native bf16)"

@@ -96,7 +96,7 @@ def save(trainer, before: list[str] | None, wall_s: float) -> Path:
     run = {
         "objective": trainer.objective.name, "config": trainer.config, "versions": versions(),
         "machine": machine(trainer.device), "precision": precision.describe(trainer.model),
-        "evaluations_s": trainer.eval_s,
+        "evaluations_s": trainer.evaluations.seconds,
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "wall_s": wall_s,
         "steps": trainer.step_count, "preflight": trainer.preflight, "collapse": trainer.collapse.alarms,
         "answers": {"prompts": [ex.question for ex in trainer.report_prompts], "before": before,

@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import sampler
-from .bundled import read_cache, write_cache
+from .bundled import machine_key, read_cache, write_cache
 from .losses import chunked_token_logp, sequence_means
 from .models import decoder, lm_head
 from .prompts import left_pad
@@ -153,7 +153,7 @@ def faster_engine(model, ids: torch.Tensor, mask: torch.Tensor, eos: list[int], 
     if key in CHOSEN:  # decided once per process: another process's later timing does not switch this run
         return CHOSEN[key]
     saved = read_cache(ENGINES_FILE)
-    here = saved.setdefault(sampler.machine_key(), {})
+    here = saved.setdefault(machine_key(), {})
     if key not in here:
         run = {"lean": lambda n: sampler.generate(model, ids, mask, n, 1.0, 1.0, eos, pad_id)[0],
                "hf": lambda n: generate_clean(model, ids, mask, n, 1.0, 1.0, eos, pad_id)}

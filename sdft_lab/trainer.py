@@ -18,9 +18,10 @@ import os
 import random
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, Iterator, Protocol
 
 import torch
 from tqdm.auto import tqdm
@@ -113,7 +114,7 @@ class Trainer:
         self.tracker: Tracker | None = None
         self.answers_before: list[str] | None = None
         self.wall_s = 0.0
-        self.eval_s: dict[str, float] = {}  # seconds in each callback over the run (the learning meter, retention…)
+        self.evaluations = Timer()  # seconds in each callback over this Trainer's steps (the learning meter…)
         seed_everything(self.cfg.seed)
         self.group = distributed.setup(model)
         objective.setup(model)
@@ -200,10 +201,8 @@ class Trainer:
         self.history.append(record)
         self.collapse(self.history)
         for callback in self.callbacks:  # evaluations, mostly: each one's time goes to the run report
-            t = time.perf_counter()
-            callback(record)
-            name = getattr(callback, "name", getattr(callback, "__name__", type(callback).__name__))
-            self.eval_s[name] = self.eval_s.get(name, 0.0) + time.perf_counter() - t
+            with self.evaluations(getattr(callback, "name", getattr(callback, "__name__", type(callback).__name__))):
+                callback(record)
         if self.tracker:
             self.tracker.log(record)
         return record
@@ -262,6 +261,24 @@ class Trainer:
             self.model.save_pretrained(str(path), selected_adapters=[STUDENT], safe_serialization=True)
         self.group.barrier()
         return Path(path)
+
+
+class Timer:
+    """Seconds by name, added up: `with timer("drift"): …` or timer.add(name, seconds)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def add(self, name: str, seconds: float) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(name, time.perf_counter() - t)
 
 
 def runs_root() -> Path:

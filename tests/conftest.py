@@ -26,9 +26,11 @@ from sdft_lab.bundled import bundled_path  # noqa: E402
 # engine="auto" times the two samplers once per machine and batch size (rollout.faster_engine); the tests pin
 # the lean sampler so that what they check does not depend on that timing (test_sampler tests the timing).
 os.environ.setdefault("SDFT_LAB_ENGINE", "lean")
-# Likewise the precision policy (precision.py) is pinned to fp32, so that the figures the tests compare are
-# the same on a CPU with native bf16 and on one without; test_precision tests the policy's own choice.
-os.environ.setdefault("SDFT_LAB_PRECISION", "fp32")
+# Likewise, on the CPU, the precision policy (precision.py) is pinned to fp32, so that the figures the tests
+# compare are the same on a CPU with native bf16 and on one without; test_precision tests the policy's own
+# choice. The GPU tests run the GPU's own type (bf16, or fp16 on a T4), as users get it.
+if not GPU_TESTS:
+    os.environ.setdefault("SDFT_LAB_PRECISION", "fp32")
 
 # Every Trainer.train() writes a run folder (TrainConfig.run_dir): in tests, under one temporary folder,
 # which notebook kernels and CLI subprocesses inherit.

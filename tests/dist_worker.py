@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import tiny_llama  # noqa: E402
 
-from sdft_lab import SDFT, SFT, SDFTConfig, TrainConfig, Trainer, add_student, distributed, load_dataset  # noqa: E402
+from sdft_lab import SDFT, SFT, SDFTConfig, TrainConfig, Trainer, add_student, distributed, load_dataset, precision  # noqa: E402,E501
 from sdft_lab.checkpoint import adapter_tensors  # noqa: E402
 
 STEPS, GRAD_ACCUM = 2, 2
@@ -54,8 +54,11 @@ class RecordingSFT(SFT):
         return super().loss(model, tokenizer, examples, seed)
 
 
-def run(out: Path, tokenizer, batch_size: int, lora_seed: int, method: str = "sdft") -> dict:
-    model = add_student(tiny_llama(tokenizer, seed=0), seed=lora_seed)  # per process: the Trainer must broadcast
+def run(out: Path, tokenizer, batch_size: int, lora_seed: int, method: str = "sdft", bf16: bool = False) -> dict:
+    base = tiny_llama(tokenizer, seed=0)
+    if bf16:  # this process's base in bf16 (what the precision policy may choose on one CPU and not another)
+        precision.cast(base)
+    model = add_student(base, seed=lora_seed)  # per process: the Trainer must broadcast
     grads: dict[str, torch.Tensor] = {}
     average = distributed.Group.average_gradients_
 
@@ -93,6 +96,8 @@ if __name__ == "__main__":
     parser.add_argument("out", type=Path)
     parser.add_argument("--batch-size", type=int, required=True)
     parser.add_argument("--method", choices=["sdft", "sft"], default="sdft")
+    parser.add_argument("--bf16-rank", type=int, default=-1, help="the process whose base computes in bf16")
     args = parser.parse_args()
     tok = AutoTokenizer.from_pretrained(bundled_path())  # the tokenizer only: the model is the tiny llama
-    run(args.out, tok, args.batch_size, lora_seed=100 + int(os.environ.get("RANK", 0)), method=args.method)
+    rank = int(os.environ.get("RANK", 0))
+    run(args.out, tok, args.batch_size, lora_seed=100 + rank, method=args.method, bf16=rank == args.bf16_rank)

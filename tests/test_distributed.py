@@ -26,15 +26,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch_two(out: Path, *extra: str) -> None:
+def launch_two(out: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Both processes' output is kept (not printed) when check=False: the caller reads why they failed."""
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     launcher = str(ACCELERATE if ACCELERATE.exists() else shutil.which("accelerate"))
     # accelerate's --cpu flag starts one process unless MPI is set up; --multi_gpu with no visible GPU
     # starts two processes that join a gloo group on the CPU.
-    subprocess.run([launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                    "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-                    str(Path(dist_worker.__file__)), str(out), "--batch-size", "2", *extra],
-                   check=True, env=env, timeout=300)
+    return subprocess.run([launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+                           str(Path(dist_worker.__file__)), str(out), "--batch-size", "2", *extra],
+                          check=check, capture_output=not check, text=True, env=env, timeout=300)
 
 
 needs_accelerate = pytest.mark.skipif(not ACCELERATE.exists() and shutil.which("accelerate") is None,
@@ -117,3 +118,12 @@ def test_one_process_never_needs_accelerate(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ImportError, match="needs accelerate"):
         distributed.setup(torch.nn.Linear(2, 2))
+
+
+@needs_accelerate
+def test_processes_that_compute_in_different_precisions_are_refused(tmp_path):
+    """Rank 1's base in bf16, rank 0's in fp32 (two CPUs whose precision policies chose apart): the Trainer
+    refuses before a step. Break it fails on (made once): the check removed (both processes train)."""
+    done = launch_two(tmp_path / "mixed", "--method", "sft", "--bf16-rank", "1", check=False)
+    assert done.returncode != 0 and "every process must compute alike" in done.stderr
+    assert not (tmp_path / "mixed" / "rank0.json").exists() and not (tmp_path / "mixed" / "rank1.json").exists()

@@ -36,7 +36,8 @@ def model_path(tmp_path_factory) -> str:
 
     from sdft_lab.precision import load_dtype
 
-    return str(random_checkpoint("tiny", tmp_path_factory.mktemp("random-model"), load_dtype("cuda", quantized=False), "cuda"))
+    dtype = load_dtype("cuda", quantized=False)  # the GPU's own type: bf16, or fp16 on a T4
+    return str(random_checkpoint("tiny", tmp_path_factory.mktemp("random-model"), dtype, "cuda"))
 
 
 def logits_of(model, tok):

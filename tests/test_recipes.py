@@ -93,6 +93,7 @@ def test_workshop_runs_both_methods_with_the_meter_and_reuses_a_finished_run(tok
     """Breaks it fails on: reuse without the format check (notebook 03 read a results file from before the
     teacher's answers and raised KeyError), an adapter not saved."""
     from conftest import tiny_llama
+    from sdft_lab import precision
     from sdft_lab.experiments import workshop as ws
 
     model = tiny_llama(tokenizer)
@@ -114,6 +115,11 @@ def test_workshop_runs_both_methods_with_the_meter_and_reuses_a_finished_run(tok
     for m in ("sft", "sdft"):  # each trained adapter saved, in peft's safetensors format
         assert (tmp_path / m / "adapter" / "adapter_model.safetensors").is_file()
     assert not hasattr(model, "peft_config")  # the base is left as it was
+    # every evaluation timed, and each method's steps (break it fails on, made once: drift measured untimed)
+    timings = results["timings_s"]
+    assert set(timings) == {"drift reference", "retention probes", "greedy answers", "learning meter", "drift",
+                            "sft steps", "sdft steps"} and all(t > 0 for t in timings.values())
+    assert sum(timings.values()) <= results["total_s"] and results["precision"] == precision.describe(model)
     monkeypatch.setattr(ws, "load_knowledge", lambda: (_ for _ in ()).throw(RuntimeError("trained again")))
     assert ws.workshop(tmp_path, cfg, loaded=(model, tokenizer)) == results
     with pytest.raises(RuntimeError, match="trained again"):

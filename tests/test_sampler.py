@@ -9,6 +9,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausa
 
 from conftest import tiny_llama
 from sdft_lab import SDFT, SDFTConfig, add_student, sample, sampler, teacher_view
+from sdft_lab.bundled import machine_key
 from sdft_lab.prompts import PromptConfig, student_ids
 
 SETTINGS = [dict(temperature=1.0, top_p=1.0), dict(temperature=0.7, top_p=0.9), dict(temperature=0)]
@@ -161,9 +162,9 @@ def test_layouts_are_measured_once_per_machine_shape_and_rows_without_touching_t
     sampler.measure_layouts(weights, sampler.MEASURED_ROWS + 1)  # compute-bound: not measured, x @ W.T
     assert len(sampler.TRANSPOSED) == 2
     # the next process on this machine reads the choice instead of measuring again (the same rounding)
-    saved = json.loads((tmp_path / sampler.LAYOUTS_FILE).read_text())[sampler.machine_key()]
+    saved = json.loads((tmp_path / sampler.LAYOUTS_FILE).read_text())[machine_key()]
     saved = {k: not v for k, v in saved.items()}  # flipped: proves it is read, not remeasured
-    (tmp_path / sampler.LAYOUTS_FILE).write_text(json.dumps({sampler.machine_key(): saved}))
+    (tmp_path / sampler.LAYOUTS_FILE).write_text(json.dumps({machine_key(): saved}))
     monkeypatch.setattr(sampler, "TRANSPOSED", {})
     sampler.measure_layouts(weights, 2)
     assert sampler.TRANSPOSED == {k: not v for k, v in measured.items()}
@@ -249,11 +250,11 @@ def test_auto_takes_the_engine_timed_faster_here_and_keeps_the_choice(tokenizer,
                                               "generate_clean"]  # warm-up and timed run of each, then sampling
     path = tmp_path / "engines.json"
     saved = json.loads(path.read_text())
-    assert list(saved[sampler.machine_key()].values()) == ["hf"] and list(saved[sampler.machine_key()])[0].endswith("3 rows")
+    assert list(saved[machine_key()].values()) == ["hf"] and list(saved[machine_key()])[0].endswith("3 rows")
     rollout.CHOSEN.clear()  # a new process: the file's choice, not timed again
     again = sample(model, tokenizer, ps, 6, seed=0)
     assert calls[5:] == ["generate_clean"] and torch.equal(again.ids, first.ids)
-    path.write_text(json.dumps({sampler.machine_key(): {k: "lean" for k in saved[sampler.machine_key()]}}))
+    path.write_text(json.dumps({machine_key(): {k: "lean" for k in saved[machine_key()]}}))
     assert sample(model, tokenizer, ps, 6, seed=0).engine == "hf"  # within a process the choice holds
     assert sample(model, tokenizer, ps[:2], 6, seed=0).engine == "hf" and len(calls) == 12  # 2 rows: timed anew
     monkeypatch.setenv("SDFT_LAB_ENGINE", "lean")

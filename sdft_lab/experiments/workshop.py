@@ -13,6 +13,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from .. import precision
 from ..eval import load_knowledge, load_probes, mc_accuracy, qa_accuracy
 from ..eval.knowledge import QA_TOKENS, score_qa
 from ..eval.drift import ANSWER_TOKENS, drift, reference
@@ -23,7 +24,7 @@ from ..prompts import encode, render_chat
 from ..recipes import workshop_knowledge
 from ..report import machine
 from ..rollout import greedy
-from ..trainer import Trainer
+from ..trainer import Timer, Trainer
 from .runs import student_of
 
 
@@ -38,7 +39,8 @@ class WorkshopConfig:
     smoke: bool = False  # a few tokens and one step: what the test suite runs
 
 
-FORMAT = 2  # of results.json: 2 added the teacher's answers and the saved adapters; an older file is rerun
+FORMAT = 3  # of results.json: 2 added the teacher's answers and the saved adapters, 3 each evaluation's time and
+#            the precision; an older file is rerun
 
 
 def answers(model, tok, questions: list[str], systems: list[str | None], tokens: int) -> list[list[str]]:
@@ -54,8 +56,8 @@ def workshop(out: Path, cfg: WorkshopConfig | None = None, live=None, reuse: boo
     cfg = cfg or WorkshopConfig()
     path = out / "results.json"
     if reuse and path.exists() and (saved := json.loads(path.read_text())).get("config") == asdict(cfg) \
-            and saved.get("format") == FORMAT:
-        return saved
+            and saved.get("format") == FORMAT and saved.get("pinned") == precision.pinned():
+        return saved  # the same run: a changed SDFT_LAB_PRECISION trains again
     sdft_run, sft_run = workshop_knowledge(**({"steps": cfg.steps} if cfg.steps else {}), model=cfg.model)
     if cfg.smoke:
         sdft_run = replace(sdft_run, train=replace(sdft_run.train, steps=1),
@@ -68,43 +70,63 @@ def workshop(out: Path, cfg: WorkshopConfig | None = None, live=None, reuse: boo
     probes = load_probes()[:: 12 if cfg.smoke else cfg.probe_stride]
     tokens = 8 if cfg.smoke else QA_TOKENS
     base, tok = loaded or load(cfg.model)
+    timer, start = Timer(), time.perf_counter()
     # the forgetting meter on the same probes' questions: the base's own answers, under the template's prompt
-    general = reference(base, tok, [p.question for p in probes], max_new_tokens=8 if cfg.smoke else ANSWER_TOKENS)
-    start = time.perf_counter()
+    with timer("drift reference"):
+        general = reference(base, tok, [p.question for p in probes], max_new_tokens=8 if cfg.smoke else ANSWER_TOKENS)
     results = {"format": FORMAT, "config": asdict(cfg), "date": time.strftime("%Y-%m-%d"),
                "machine": machine(next(base.parameters()).device),
                "recipe": {"sdft": sdft_run.to_dict(), "sft": sft_run.to_dict()},
                "questions": shown, "accepted": [it.answers[0] for it in direct],
-               "base": {"retention": mc_accuracy(base, tok, probes)}, "n_probes": len(probes)}
+               "n_probes": len(probes), "precision": precision.describe(base),
+               "pinned": precision.pinned()}
+    with timer("retention probes"):
+        results["base"] = {"retention": mc_accuracy(base, tok, probes)}
     methods = (("sft", sft_run, sft_run.sft.prompts.system), ("sdft", sdft_run, sdft_run.sdft.prompts.system))
     systems = list(dict.fromkeys(system for _, _, system in methods))
     # the base's figures per system prompt: each method is measured with its own
-    framed = {system: {"base_meter": meter(base, tok, items, system), "base_answers": said}
-              for system, said in zip(systems, answers(base, tok, shown, systems, tokens))}
+    with timer("greedy answers"):
+        said = answers(base, tok, shown, systems, tokens)
+    with timer("learning meter"):
+        framed = {system: {"base_meter": meter(base, tok, items, system), "base_answers": a}
+                  for system, a in zip(systems, said)}
     for method, run, system in methods:
         results[method] = {"system": system, **framed[system]}
         if method == "sdft":  # only SDFT has a teacher: the base with the passage in its context
-            results[method]["ceiling_meter"] = meter(base, tok, items, system, with_passage=True)
-            results[method]["teacher_answers"] = qa_accuracy(base, tok, direct, with_passage=True, system=system,
-                                                             max_new_tokens=tokens)["answers"]
+            with timer("learning meter"):
+                results[method]["ceiling_meter"] = meter(base, tok, items, system, with_passage=True)
+            with timer("greedy answers"):
+                results[method]["teacher_answers"] = qa_accuracy(base, tok, direct, with_passage=True, system=system,
+                                                                 max_new_tokens=tokens)["answers"]
         if live:
             live.frame(results[method]["base_meter"], results[method].get("ceiling_meter"), run=method)
         with student_of(base, run) as model:
             callback = MeterCallback(model, tok, items, cfg.meter_every, system, start=framed[system]["base_meter"],
                                      live=live(method) if live else None)
             t0 = time.perf_counter()
-            history = Trainer(model, tok, run.objective(), examples, replace(run.train, report=False),
-                              callbacks=(callback,)).train()
-            if callback.curve[-1]["step"] != len(history):  # the last step, where `every` does not divide them
-                callback.measure(len(history))
-            results[method].update(meter_curve=callback.curve, train_s=time.perf_counter() - t0,
-                                   retention=mc_accuracy(model, tok, probes), drift=drift(model, general),
-                                   answers=answers(model, tok, shown, [system], tokens)[0], loss=[r["loss"] for r in history])
+            trainer = Trainer(model, tok, run.objective(), examples, replace(run.train, report=False),
+                              callbacks=(callback,))
+            history = trainer.train()
+            in_meter = trainer.evaluations.seconds.get(callback.name, 0.0)  # the meter's points while training
+            timer.add(f"{method} steps", time.perf_counter() - t0 - in_meter)
+            timer.add("learning meter", in_meter)
+            with timer("learning meter"):
+                if callback.curve[-1]["step"] != len(history):  # the last step, where `every` does not divide them
+                    callback.measure(len(history))
+            train_s = time.perf_counter() - t0
+            results[method].update(meter_curve=callback.curve, train_s=train_s, loss=[r["loss"] for r in history])
+            with timer("retention probes"):
+                results[method]["retention"] = mc_accuracy(model, tok, probes)
+            with timer("drift"):
+                results[method]["drift"] = drift(model, general)
+            with timer("greedy answers"):
+                results[method]["answers"] = answers(model, tok, shown, [system], tokens)[0]
             model.save_pretrained(out / method / "adapter")  # peft's safetensors: sdft_lab.load_adapter reads it
     # each column's answers marked by the QA sweep's lenient score (an accepted answer appears)
     results["correct"] = {k: [score_qa(t, it.answers, it.wrong)[1] == 1 for t, it in zip(col, direct)]
                           for k, col in answer_columns(results).items()}
     results["total_s"] = time.perf_counter() - start
+    results["timings_s"] = timer.seconds  # each evaluation's seconds over the run, and each method's steps
     out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=1))
     return results

@@ -23,11 +23,13 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from .. import precision
 from ..data import Example, load_dataset
 from ..losses import sequence_means
 from ..models import teacher_view
@@ -37,15 +39,13 @@ from .quantization import LARGE, SMALL, per_token_kl
 
 
 def bf16_copy(model):
-    """The model with its base in bf16 and any adapter in fp32, as the bf16 policy runs it."""
+    """The model with its base in bf16 and any adapter in fp32, as the bf16 policy runs it (precision.cast:
+    the parameters, not the rotary buffers)."""
     half = copy.deepcopy(model)
     with torch.no_grad():
         for name, p in half.named_parameters():
             if "lora_" not in name:
                 p.data = p.data.to(torch.bfloat16)
-        for name, b in half.named_buffers():  # rotary frequencies: as model.to(bf16) leaves them
-            if b.is_floating_point() and "lora_" not in name:
-                b.data = b.data.to(torch.bfloat16)
     return half
 
 
@@ -100,10 +100,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--out", help="append the figures, one JSON line per seed, to this file")
     args = parser.parse_args(argv)
-    base, tok = load(args.model, quantization="none", device="cpu")
-    if base.get_input_embeddings().weight.dtype != torch.float32:
-        raise SystemExit("The base loaded in bf16 (SDFT_LAB_PRECISION=bf16?): this check needs the fp32 one; "
-                         "run it with SDFT_LAB_PRECISION=fp32.")
+    pin = os.environ.get(precision.ENV)
+    os.environ[precision.ENV] = "fp32"  # the reference side: bf16_copy makes the other, whatever this CPU chose
+    try:
+        base, tok = load(args.model, quantization="none", device="cpu")
+    finally:
+        if pin is None:
+            del os.environ[precision.ENV]
+        else:
+            os.environ[precision.ENV] = pin
     full = load_adapter(base, args.adapter) if args.adapter else add_student(base)
     half = bf16_copy(full)
     rows = []
