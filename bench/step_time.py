@@ -386,8 +386,11 @@ def spreads(rows: list[dict], trimmed: bool = False) -> dict[str, float]:
     rounds on, without the one round farthest from the median (a round another process shared, as in the bench
     of 2026-12-02): what the rounds decide on. More rounds cannot narrow a min–max; they can outvote one."""
     out = {}
-    for row in rows:
-        for key in [k for _, k, _, _ in TARGETS if f"{k}_range" in row]:
+    for row in rows:  # the rows and ratios check_targets judges: SDFT's step, generate's decode step
+        if row["variant"] not in ("sdft", "generate"):
+            continue
+        for key in [k for _, k, _, _ in TARGETS
+                    if f"{k}_range" in row and (k == "decode_over_stream") == (row["variant"] == "generate")]:
             values, median = row[f"{key}_values"], row[key]
             if trimmed and len(values) >= 4:
                 values = sorted(values, key=lambda x: abs(x - median))[:-1]

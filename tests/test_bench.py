@@ -91,3 +91,9 @@ def test_rounds_repeat_until_every_target_ratio_is_within_the_spread_or_the_limi
     n, runs = bench([1.0, 1.5, 1.0, 1.02, 1.0])
     assert n == 4 and [x["round"] for x in runs if x["variant"] == "sdft"] == [0, 1, 2, 3]
     assert bench([1.0, 1.5, 0.6, 1.4, 0.7])[0] == 5
+    # SFT's own ratio to TRL is no target: its noise does not hold the rounds (break it failed on, the bench of
+    # 2026-12-03: every row's ratios judged, SFT's kept all five rounds going)
+    sft, sdft, runs = iter([1.0, 2.0, 0.5]), iter([1.0, 1.02, 0.98]), []
+    times = {"sft": lambda: next(sft), "sdft": lambda: next(sdft), "trl-full": lambda: 2.0}
+    assert step_time.rounds(lambda v, p: run(v, 0, times[v](), sample_s=0.5), ["sft", "sdft", "trl-full"], 4, runs,
+                            least=3, most=5, limit=0.10) == 3

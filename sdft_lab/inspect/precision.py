@@ -35,7 +35,7 @@ from ..losses import sequence_means
 from ..models import teacher_view
 from ..prompts import student_ids, teacher_ids
 from ..sdft import SDFT, SDFTConfig
-from .quantization import LARGE, SMALL, per_token_kl
+from .quantization import LARGE, SMALL, per_token_kl, verdict
 
 
 def bf16_copy(model):
@@ -47,10 +47,6 @@ def bf16_copy(model):
             if "lora_" not in name:
                 p.data = p.data.to(torch.bfloat16)
     return half
-
-
-def verdict(ratio: float) -> str:
-    return "small" if ratio < SMALL else "large" if ratio > LARGE else "notable"
 
 
 @torch.no_grad()

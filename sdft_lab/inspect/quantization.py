@@ -32,6 +32,11 @@ from ..sdft import SDFT, SDFTConfig
 SMALL, LARGE = 0.10, 0.50  # noise / signal
 
 
+def verdict(ratio: float) -> str:
+    """noise / signal in words: under SMALL the noise does not change what is taught, over LARGE it does."""
+    return "small" if ratio < SMALL else "large" if ratio > LARGE else "notable"
+
+
 @torch.no_grad()
 def per_token_kl(p_model, q_model, prompts: list[list[int]], y, mask: torch.Tensor) -> torch.Tensor:
     """[B, T] KL(p ‖ q) per completion token (0 outside mask), each model through its own output head. Full
@@ -56,7 +61,7 @@ def teacher_noise(full, quantized, tokenizer, examples: list[Example], cfg: SDFT
     s, _ = sequence_means(scored.stats["kl"], mask)
     out = {"noise": n[has].mean().item(), "signal": s[has].mean().item(), "rollouts": int(has.sum())}
     out["ratio"] = out["noise"] / max(out["signal"], 1e-12)
-    out["verdict"] = ("small" if out["ratio"] < SMALL else "large" if out["ratio"] > LARGE else "notable")
+    out["verdict"] = verdict(out["ratio"])
     return out
 
 
