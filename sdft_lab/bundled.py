@@ -40,13 +40,22 @@ def cache_root() -> Path:
     return Path(os.environ.get("SDFT_LAB_CACHE", Path.home() / ".cache" / "sdft_lab"))
 
 
+def cpu_info(text: str | None = None) -> tuple[str, set[str]]:
+    """The CPU's model name and instruction-set flags, from /proc/cpuinfo (or `text` in its format); where it
+    has no such line, the platform's name and no flags."""
+    try:
+        info = Path("/proc/cpuinfo").read_text() if text is None else text
+    except OSError:
+        info = ""
+    name = re.search(r"^model name\s*:\s*(.+)$", info, re.M)
+    flags = re.search(r"^flags\s*:\s*(.+)$", info, re.M)
+    return (name.group(1).strip() if name else platform.processor() or platform.machine(),
+            set(flags.group(1).split()) if flags else set())
+
+
 def machine_key() -> str:
     """What a measurement in the cache folder holds for: the CPU model, torch's version and its threads."""
-    try:
-        cpu = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M).group(1).strip()
-    except (OSError, AttributeError):
-        cpu = platform.processor() or platform.machine()
-    return f"{cpu}; torch {torch.__version__}; {torch.get_num_threads()} threads"
+    return f"{cpu_info()[0]}; torch {torch.__version__}; {torch.get_num_threads()} threads"
 
 
 def read_cache(name: str) -> dict:

@@ -23,15 +23,13 @@ policy (models.portable_cpu_4bit).
 from __future__ import annotations
 
 import os
-import re
 import sys
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from .bundled import machine_key, read_cache, write_cache
+from .bundled import cpu_info, machine_key, read_cache, write_cache
 
 ENV = "SDFT_LAB_PRECISION"
 CHOICES = ("auto", "fp32", "bf16")
@@ -55,12 +53,7 @@ def pinned() -> str:
 
 def native_bf16(cpuinfo: str | None = None) -> bool:
     """Whether this CPU has bf16 dot-product instructions (AVX512-BF16 or AMX-BF16); False where unknown."""
-    try:
-        info = Path("/proc/cpuinfo").read_text() if cpuinfo is None else cpuinfo
-        flags = set(re.search(r"^flags\s*:\s*(.+)$", info, re.M).group(1).split())
-    except (OSError, AttributeError):
-        return False
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    return bool(cpu_info(cpuinfo)[1] & {"avx512_bf16", "amx_bf16"})
 
 
 def load_dtype(device: str, quantized: bool) -> torch.dtype:

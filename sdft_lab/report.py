@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from . import figures, precision
+from .bundled import cpu_info
 from .figures import MEMORY, PHASES
 from .prompts import PromptConfig, student_ids
 from .rollout import greedy_texts
@@ -40,13 +41,7 @@ PACKAGES = ("sdft_lab", "torch", "transformers", "peft", "bitsandbytes", "plotly
 
 def machine(device: torch.device | None = None) -> dict:
     """The CPU model, the instruction sets that change speed and numerics, torch's BLAS; the GPU the model is on."""
-    cpu, flags = platform.processor() or platform.machine(), set()
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-        cpu = re.search(r"^model name\s*:\s*(.+)$", info, re.M).group(1).strip()
-        flags = set(re.search(r"^flags\s*:\s*(.+)$", info, re.M).group(1).split())
-    except (OSError, AttributeError):
-        pass
+    cpu, flags = cpu_info()
     blas = re.search(r"BLAS_INFO=(\w+)", torch.__config__.show())
     out = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
            "cpu_flags": [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in flags],
