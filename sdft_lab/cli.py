@@ -44,6 +44,8 @@ CONFIG_FLAGS = {
         ("--alpha", "sdft.divergence.alpha", float, "jsd's α: 0 = forward KL, 1 = reverse KL"),
         ("--top-k", "sdft.divergence.top_k", int, "KL over the top-k tokens plus a tail bucket; None = all"),
         ("--top-k-side", "sdft.divergence.top_k_side", ["teacher", "student"], "whose top-k is the support"),
+        ("--sft-weight", "sdft.sft_weight", float, "weight of a cross-entropy term on the demonstration"),
+        ("--anchor-weight", "sdft.anchor_weight", float, "β of the anchor β·KL(student ‖ base) per token"),
         ("--teacher", "sdft.teacher", ["base", "ema", "live"], "teacher weights"),
         ("--skip-first", "sdft.skip_first", int, "completion tokens left out of the loss"),
         ("--rollouts-per-prompt", "sdft.rollouts_per_prompt", int, "rollouts of each question per step"),

@@ -25,6 +25,9 @@ Guided rows are not the student's own, so the collapse watch (collapse.py) canno
 share, `watch_rows` rollouts per step are sampled from the bare question, never trained on, and the watch's
 signs (entropy, rollout length, distinct bigrams) come from those. `sft_weight` adds the cross-entropy on the
 demonstration (sft.py) beside the divergence: a lever for facts the student never writes by itself.
+`anchor_weight` adds β·KL(p_S ‖ p_base) per token, the frozen base (adapter off) reading the bare question
+on the same tokens: an anchor to the base policy against cumulative drift, as iSDFT (arXiv 2609.24646) adds.
+It is a full-vocabulary KL at each position, so it needs no importance weight on guided rows.
 
 There is no reward model: the teacher's in-context behaviour is the target.
 """
@@ -60,6 +63,7 @@ class SDFTConfig:
     evidence_mask: bool = False  # the loss keeps only tokens with log p_T(y) > log p_S(y)
     watch_rows: int = 2  # with guided > 0: bare rollouts per step for the collapse watch, not trained on
     sft_weight: float = 0.0  # weight of a cross-entropy term on the demonstration beside the divergence
+    anchor_weight: float = 0.0  # β of the anchor β·KL(p_S ‖ p_base) on the step's rollouts, bare question
     teacher: str = "base"  # "base" (adapter off), "ema" (EMA adapter) or "live" (collapses)
     ema_rate: float = 0.01  # r in θ_T ← (1−r)·θ_T + r·θ_S, the paper's value
     divergence: DivergenceConfig = field(default_factory=DivergenceConfig)
@@ -87,6 +91,8 @@ class SDFTConfig:
             raise ValueError(f"watch_rows must be ≥ 0 (0: no bare rollouts for the collapse watch), got {self.watch_rows}")
         if self.sft_weight < 0:
             raise ValueError(f"sft_weight must be ≥ 0, got {self.sft_weight}")
+        if self.anchor_weight < 0:
+            raise ValueError(f"anchor_weight must be ≥ 0, got {self.anchor_weight}")
         if self.teacher not in TEACHER_KINDS:
             raise ValueError(f"teacher must be one of {TEACHER_KINDS}, got {self.teacher!r}")
         if not 0 < self.ema_rate <= 1:
@@ -107,6 +113,7 @@ class Scored:
     timings: dict[str, float]
     student_hidden: torch.Tensor  # [B, T, H] hidden states that predict each completion token …
     teacher_hidden: torch.Tensor  # … on each side: full logits when needed (inspect.diffs) are lm_head(these)
+    anchor: torch.Tensor | None = None  # [B, T] KL(p_S ‖ p_base) on the eligible tokens, with anchor_weight
 
 
 class SDFT:
@@ -164,7 +171,16 @@ class SDFT:
             per_token = per_token * mask
         t3 = clock(device)
         timings = {"sample_s": t1 - t0, "teacher_s": t2 - t1, "student_fwd_s": t3 - t2}
-        return Scored(y, per_token, stats, mask, eligible, guided, timings, s_hidden, t_hidden)
+
+        # 4b. the anchor: the frozen base reads the bare question; the student is pulled back toward it
+        anchor = None
+        if cfg.anchor_weight:
+            with torch.no_grad(), teacher_view(model, "base"):
+                b_hidden = completion_hidden(model, s_prompts, y)
+            anchor, _ = chunked_token_losses(s_hidden, b_hidden, lm_head(model), y.ids.to(device), eligible,
+                                             replace(cfg.divergence, kind="reverse_kl", top_k=None), cfg.temperature)
+            timings["anchor_s"] = clock(device) - t3
+        return Scored(y, per_token, stats, mask, eligible, guided, timings, s_hidden, t_hidden, anchor)
 
     def loss(self, model, tokenizer, examples: list[Example], seed: int | None = None):
         k = self.cfg.rollouts_per_prompt
@@ -176,6 +192,10 @@ class SDFT:
             ce, _ = self.sft.loss(model, tokenizer, examples)
             loss = loss + self.cfg.sft_weight * ce
             out["sft_ce"] = ce.item()
+        if scored.anchor is not None:  # every eligible token, not only the evidence mask's: drift is everywhere
+            anchor = masked_mean(scored.anchor, scored.eligible)
+            loss = loss + self.cfg.anchor_weight * anchor
+            out["anchor_kl"] = anchor.item()
         if any(scored.guided) and self.cfg.watch_rows:  # the rows above are not all the student's own
             out.update(watch(model, tokenizer, examples[: self.cfg.watch_rows], self.cfg, seed))
         return loss, out

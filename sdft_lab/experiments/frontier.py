@@ -48,7 +48,8 @@ FAMILIES = {
     # equal wall-clock: an SDFT step took 2.5× an SFT step in this sweep's first runs, so SFT gets 2.5× the steps
     "SFT, 60 steps": ("sft", {}, (1e-4, 3e-4), SEEDS),
 }
-STEPS_OF = {"SFT, 60 steps": 60}  # families that do not train for search.STEPS
+# families that do not train for search.STEPS
+STEPS_OF = {"SFT, 60 steps": 60, "SDFT guided, all rows, paraphrases, 48 steps": 48, "SFT, paraphrases, 48 steps": 48}
 LEARNING = ("answer", "passage")  # the gains a verdict is taken on, each on its own
 FORGETTING = "general"  # the drift set on the x axis
 
@@ -57,14 +58,29 @@ FORGETTING = "general"  # the drift set on the x axis
 # with every row at lr 3e-3 is the configuration the first sweep chose; SFT brackets its drift. Seeds 0–2 are
 # the seeds that chose, 3–5 the fresh ones that confirm: each set gets its own points and verdicts.
 FRESH = (3, 4, 5)
+GUIDED_QA = {"guided": 1.0, "mask": True, "para": 1}
 QA_FAMILIES = {
     "SFT, paraphrases": ("sft", {"para": 1}, (3e-4, 1e-3), SEEDS + FRESH),
-    "SDFT guided, all rows, paraphrases": ("sdft", {"guided": 1.0, "mask": True, "para": 1}, (3e-3,), SEEDS + FRESH),
+    "SDFT guided, all rows, paraphrases": ("sdft", GUIDED_QA, (3e-3,), SEEDS + FRESH),
 }
+# The levers: the QA sweep's SDFT configuration with one change each, on the same 64 questions. Three keep its
+# 24 steps and learning rate; "more steps" doubles the steps at half the rate, and SFT gets the same budget
+# (its own two rates halved, 48 steps) to be judged against. Each runs on seeds 0–2; LEVER_RULE picks which one
+# runs on the fresh seeds too.
+LEVERS = {
+    "SDFT guided, all rows, paraphrases, SFT term 0.1": ({"sftw": 0.1}, 3e-3),
+    "SDFT guided, all rows, paraphrases, base anchor 0.25": ({"anchor": 0.25}, 3e-3),
+    "SDFT guided, all rows, paraphrases, top-k 20": ({"topk": 20}, 3e-3),
+    "SDFT guided, all rows, paraphrases, 48 steps": ({}, 1.5e-3),
+}
+QA_FAMILIES.update({f: ("sdft", {**GUIDED_QA, **c}, (lr,), SEEDS + FRESH) for f, (c, lr) in LEVERS.items()})
+QA_FAMILIES["SFT, paraphrases, 48 steps"] = ("sft", {"para": 1}, (1.5e-4, 5e-4), SEEDS + FRESH)
+# the SFT family each SDFT family of the QA sweep is judged against: the one with the same steps
+QA_REFERENCE = {"SDFT guided, all rows, paraphrases, 48 steps": "SFT, paraphrases, 48 steps"}
 QA_KINDS = ("direct", "indirect", "ood", "all")
-# How many SDFT configurations the choice of the QA sweep's one was made among: the first sweep's four
-# (FAMILIES' SDFT points with seeds) and none more here. The seeds that chose get a band corrected for that.
-CHOSEN_AMONG = 4
+# How many SDFT configurations the seeds 0–2 chose among: the first sweep's four (FAMILIES' SDFT points with
+# seeds), which chose the QA sweep's baseline, and the levers. The seeds that chose get a band corrected for that.
+CHOSEN_AMONG = 4 + len(LEVERS)
 SWEEPS = {"frontier": (FAMILIES, False), "qa": (QA_FAMILIES, True)}
 
 RULE = (
@@ -86,10 +102,22 @@ QA_RULE = (
     "the 24 held-out questions, and the rule above is applied to three learning measures: the answer gain, the "
     "passage gain and the lenient accuracy on the 8 held-out direct questions (qa_direct), each against SFT's "
     "frontier at the same drift. It is applied twice, on seeds 0–2 and on the fresh seeds 3–5, each set alone. "
-    f"On seeds 0–2 the band is z·SE with z = Φ⁻¹(1 − 0.025/m) for the m = {CHOSEN_AMONG} SDFT configurations the "
-    "sweeps compared before this one was chosen (Bonferroni: z = 2.50); on seeds 3–5, which chose nothing, m = 1 "
+    f"On seeds 0–2 the band is z·SE with z = Φ⁻¹(1 − 0.025/m) for the m = {CHOSEN_AMONG} SDFT configurations those "
+    f"seeds chose among (the first sweep's 4 and the {len(LEVERS)} levers; Bonferroni: "
+    f"z = {statistics.NormalDist().inv_cdf(1 - 0.025 / CHOSEN_AMONG):.2f}); on seeds 3–5, which chose nothing, m = 1 "
     "(z = 1.96). A verdict stands when the fresh seeds give it. With 3 seeds each SE has 2 degrees of freedom, so a "
-    "margin just past its band is weak evidence."
+    "margin just past its band is weak evidence. The 48-step SDFT configuration is judged against SFT's 48-step "
+    "frontier, every other against SFT's 24-step one."
+)
+
+LEVER_RULE = (
+    "The levers: each is the QA sweep's guided SDFT configuration with one change (an SFT term of weight 0.1, a "
+    "base anchor of weight 0.25, top-k 20 with a tail bucket, or 48 steps at half the learning rate), on the same "
+    "questions. On seeds 0–2 the choice is the SDFT configuration of the QA sweep (the baseline or a lever) with "
+    "retention within one SE of the base's and the largest direct-QA margin over its SFT frontier at the same "
+    "drift, ties broken by the answer-gain margin. A chosen lever runs on the fresh seeds 3–5 and is kept only if "
+    "there its direct-QA margin exceeds the baseline's by more than 1.96 standard errors of the difference. A lever "
+    "not chosen, or not kept, does not move the QA frontier."
 )
 
 
@@ -121,11 +149,13 @@ def frontier(out: Path, seeds: tuple[int, ...] = SEEDS, families: list[str] | No
     probes = load_probes()
     results = json.loads(path.read_text()) if path.exists() else {
         "date": time.strftime("%Y-%m-%d"), "machine": machine(next(base.parameters()).device), "sweep": sweep,
-        "rule": RULE + (" " + QA_RULE if qa else ""), "families": {},
+        "families": {},
         "base_retention": mc_accuracy(base, tok, probes)["overall"], "n_probes": len(probes), "trials": []}
+    results["rule"] = RULE + (" " + QA_RULE + " " + LEVER_RULE if qa else "")  # the rule as it stands now
     results["families"].update({f: {"method": m, "changes": c, "lrs": list(lrs), "seeds": list(ss)}  # new and added
                                 for f, (m, c, lrs, ss) in table_of.items()})
     done = {(t["name"], t["seed"]) for t in results["trials"]}
+    here = machine(next(base.parameters()).device)
     cache: dict = {}
     # seed 0 of every point first, then the other seeds; the one-seed families last: no verdict rests on them
     todo = [(len(own) == 1, seed, f, m, s) for seed in seeds for f, m, s, own in configurations(table_of)
@@ -135,12 +165,15 @@ def frontier(out: Path, seeds: tuple[int, ...] = SEEDS, families: list[str] | No
         name = trial_name(family, method, s)
         if (name, seed) in done:
             continue
+        if qa and not runs_on(results, family, seed):
+            continue
         tqdm.write(f"{family}: {name} seed {seed}")
         t = trial(base, tok, method, s, seed, cache, steps=STEPS_OF.get(family, STEPS), qa=qa)
         if qa and "base_answers" not in results:  # the base's own answers, once: the "before" of every point
             results["base_answers"] = cache[(s["facts"], s["system"])]["qa"]["answers"]
             results["base_qa"] = {"lenient": t["base_qa"], "strict": t["base_qa_strict"]}
-        results["trials"].append({"family": family, **t, "name": name})
+        results["trials"].append({"family": family, **t, "name": name, "date": time.strftime("%Y-%m-%d"),
+                                  "machine": here})  # a sweep may be continued on another day and machine
         path.write_text(json.dumps(conclude(results), indent=1))
     return results
 
@@ -175,7 +208,8 @@ def conclude(results: dict) -> dict:
     for key, seeds, z in (("", SEEDS, band_z(CHOSEN_AMONG)), ("_fresh", FRESH, band_z(1))):
         results["points" + key] = points(results, seeds)
         results["verdicts" + key] = verdicts({**results, "points": results["points" + key]}, "SFT, paraphrases",
-                                             z=z, gains=QA_LEARNING)
+                                             z=z, gains=QA_LEARNING, references=QA_REFERENCE)
+    results["levers"] = lever_choice(results)
     return results
 
 
@@ -227,18 +261,25 @@ def sft_frontier(sft: list[dict], drift: float, gain: str) -> tuple[float, float
             "inside")
 
 
-def verdicts(results: dict, reference: str = "SFT", z: float = 2.0, gains: tuple[str, ...] = LEARNING) -> dict:
+def verdicts(results: dict, reference: str = "SFT", z: float = 2.0, gains: tuple[str, ...] = LEARNING,
+             references: dict[str, str] | None = None) -> dict:
     """RULE applied: per SDFT configuration and gain, its margin over the frontier of the SFT family
     `reference` ("SFT": equal steps; "SFT, 60 steps": equal wall-clock) and the verdict. z: the band in
-    standard errors of the difference (RULE's 2; QA_RULE's corrected one)."""
+    standard errors of the difference (RULE's 2; QA_RULE's corrected one). references: SDFT families judged
+    against another SFT family than `reference` (QA_REFERENCE: the same steps); one without two SFT points with
+    seeds gets no verdict."""
     pts = results.get("points") or points(results)
-    sft = [p for p in pts if p["family"] == reference and len(p["seeds"]) > 1]
-    if len(sft) < 2:
+
+    def sft_of(family: str) -> list[dict]:
+        ref = (references or {}).get(family, reference)
+        return [p for p in pts if p["family"] == ref and len(p["seeds"]) > 1]
+    if len(sft_of("")) < 2:
         return {}
     se_base = retention_se(results["base_retention"], results["n_probes"])
     out = {"per_point": [], "ahead": {}}
     for p in pts:
-        if p["method"] != "sdft" or len(p["seeds"]) < 2:
+        sft = sft_of(p["family"])
+        if p["method"] != "sdft" or len(p["seeds"]) < 2 or len(sft) < 2:
             continue
         row = {"name": p["name"], "family": p["family"], "lr": p["lr"], "seeds": len(p["seeds"]),
                "retention_ok": p["retention"]["mean"] >= results["base_retention"] - se_base}
@@ -358,7 +399,7 @@ def qa_reading(results: dict) -> str:
                          ("" if row["retention_ok"] else "; retention outside one SE of the base") + ".")
     lines += [f"{label}: {qa_target(results, key)}" for key, label in (("", "seeds 0–2"), ("_fresh", "seeds 3–5"))
               if results.get("points" + key)]
-    return "\n".join(lines)
+    return "\n".join(lines + [lever_reading(results)])
 
 
 def qa_table(results: dict, key: str = "") -> str:
@@ -396,6 +437,49 @@ def answers_table(results: dict, seed: int = FRESH[0], kind: str = "direct") -> 
         row = [html.escape(it.question), html.escape(it.answers[0]), cell(results["base_answers"][i], it.answers)]
         lines.append("| " + " | ".join(row + [cell(t["qa_answers"][i], it.answers) for t in trials]) + " |")
     return "\n".join(lines)
+
+
+def lever_choice(results: dict) -> dict:
+    """LEVER_RULE applied: the configuration seeds 0–2 choose among the QA sweep's SDFT points, and for a chosen
+    lever, whether the fresh seeds keep it: {"chosen", "kept" (None until its fresh seeds ran; False for the
+    baseline), "difference", "band"} (on fresh direct QA, lever minus baseline), or {} before any lever's verdict."""
+    every = results.get("verdicts", {}).get("per_point", [])
+    rows = [r for r in every if r["retention_ok"]]
+    if not rows or not any(r["family"] in LEVERS for r in every):
+        return {}
+    chosen = max(rows, key=lambda r: (r["qa_direct"]["margin"], r["answer"]["margin"]))["family"]
+    out = {"chosen": chosen, "kept": False if chosen not in LEVERS else None}
+    fresh = {p["family"]: p for p in results.get("points_fresh", []) if len(p["seeds"]) > 1}
+    if chosen in LEVERS and chosen in fresh and "SDFT guided, all rows, paraphrases" in fresh:
+        lever, base = fresh[chosen]["qa_direct"], fresh["SDFT guided, all rows, paraphrases"]["qa_direct"]
+        out["difference"] = lever["mean"] - base["mean"]
+        out["band"] = band_z(1) * math.sqrt((lever["se"] or 0.0) ** 2 + (base["se"] or 0.0) ** 2)
+        out["kept"] = out["difference"] > out["band"]
+    return out
+
+
+def runs_on(results: dict, family: str, seed: int) -> bool:
+    """LEVER_RULE's schedule: the levers, and the SFT family one is judged against, run on seeds 0–2; on the fresh
+    seeds only the lever seeds 0–2 chose does, with its SFT reference. Every other family runs on all its seeds."""
+    if seed not in FRESH or family not in {*LEVERS, *QA_REFERENCE.values()}:
+        return True
+    chosen = lever_choice(conclude(results)).get("chosen")
+    return family in (chosen, QA_REFERENCE.get(chosen))
+
+
+def lever_reading(results: dict) -> str:
+    """LEVER_RULE's outcome in one sentence."""
+    c = results.get("levers") or {}
+    if not c:
+        return "Levers: not run yet (each needs its seeds 0–2)."
+    if c["chosen"] not in LEVERS:
+        return (f"Levers: seeds 0–2 choose the baseline ({c['chosen']}): no lever moves the QA frontier, and none is "
+                "kept.")
+    if c["kept"] is None:
+        return f"Levers: seeds 0–2 choose {c['chosen']}; its fresh seeds 3–5 have not run yet."
+    return (f"Levers: seeds 0–2 choose {c['chosen']}; on the fresh seeds 3–5 its direct QA differs from the "
+            f"baseline's by {c['difference']:+.2f} (band ±{c['band']:.2f}): "
+            + ("kept, it moves the QA frontier." if c["kept"] else "not kept, it does not move the QA frontier."))
 
 
 def published_qa() -> dict:

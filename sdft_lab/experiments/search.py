@@ -32,6 +32,7 @@ from ..eval import load_knowledge, load_probes, mc_accuracy, qa_accuracy
 from ..eval.drift import drifts, reference
 from ..eval.meter import meter
 from ..eval.retention import retention_se
+from ..losses import DivergenceConfig
 from ..models import load
 from ..prompts import TEMPLATES, PromptConfig
 from ..recipes import SHORT_ANSWER
@@ -95,9 +96,12 @@ def run_config(method: str, s: dict, seed: int, steps: int = STEPS) -> RunConfig
     if method == "sft":
         return RunConfig(method="sft", data="knowledge", train=train, sft=SFTConfig(prompts=PromptConfig(system=system)))
     prompts = PromptConfig(teacher_template=TEMPLATES[s["template"]], system=system)
+    # the frontier's levers, each off unless named: sftw (sft_weight), anchor (anchor_weight), topk (top_k)
     return RunConfig(method="sdft", data="knowledge", train=train,
                      sdft=SDFTConfig(max_new_tokens=s["tokens"], skip_first=s["skip_first"], rollouts_per_prompt=s["k"],
-                                     guided=s.get("guided", 0.0), evidence_mask=s.get("mask", False), prompts=prompts))
+                                     guided=s.get("guided", 0.0), evidence_mask=s.get("mask", False),
+                                     sft_weight=s.get("sftw", 0.0), anchor_weight=s.get("anchor", 0.0),
+                                     divergence=DivergenceConfig(top_k=s.get("topk")), prompts=prompts))
 
 
 def trial(base, tok, method: str, s: dict, seed: int, cache: dict, steps: int = STEPS, qa: bool = True) -> dict:
