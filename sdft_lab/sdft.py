@@ -27,7 +27,8 @@ signs (entropy, rollout length, distinct bigrams) come from those. `sft_weight` 
 demonstration (sft.py) beside the divergence: a lever for facts the student never writes by itself.
 `anchor_weight` adds β·KL(p_S ‖ p_base) per token, the frozen base (adapter off) reading the bare question
 on the same tokens: an anchor to the base policy against cumulative drift, as iSDFT (arXiv 2609.24646) adds.
-It is a full-vocabulary KL at each position, so it needs no importance weight on guided rows.
+It is exact at each position (the whole vocabulary, no sampled estimate); on guided rows the positions are
+prefixes the student wrote reading the demonstration, not its own, so there it anchors those positions only.
 
 There is no reward model: the teacher's in-context behaviour is the target.
 """
@@ -113,7 +114,6 @@ class Scored:
     timings: dict[str, float]
     student_hidden: torch.Tensor  # [B, T, H] hidden states that predict each completion token …
     teacher_hidden: torch.Tensor  # … on each side: full logits when needed (inspect.diffs) are lm_head(these)
-    anchor: torch.Tensor | None = None  # [B, T] KL(p_S ‖ p_base) on the eligible tokens, with anchor_weight
 
 
 class SDFT:
@@ -129,6 +129,9 @@ class SDFT:
         k, vocab = self.cfg.divergence.top_k, model.config.vocab_size
         if k is not None and k > vocab:
             raise ValueError(f"divergence.top_k={k} is larger than the model's vocabulary ({vocab}).")
+        if self.cfg.anchor_weight and not hasattr(model, "disable_adapter"):
+            raise ValueError("anchor_weight needs a student adapter to switch off for the base (add_student(model)); "
+                             "a plain model is its own base, and the anchor would be 0.")
         if self.cfg.teacher == "ema":
             add_ema_teacher(model)
         if self.cfg.teacher == "live":
@@ -171,20 +174,12 @@ class SDFT:
             per_token = per_token * mask
         t3 = clock(device)
         timings = {"sample_s": t1 - t0, "teacher_s": t2 - t1, "student_fwd_s": t3 - t2}
-
-        # 4b. the anchor: the frozen base reads the bare question; the student is pulled back toward it
-        anchor = None
-        if cfg.anchor_weight:
-            with torch.no_grad(), teacher_view(model, "base"):
-                b_hidden = completion_hidden(model, s_prompts, y)
-            anchor, _ = chunked_token_losses(s_hidden, b_hidden, lm_head(model), y.ids.to(device), eligible,
-                                             replace(cfg.divergence, kind="reverse_kl", top_k=None), cfg.temperature)
-            timings["anchor_s"] = clock(device) - t3
-        return Scored(y, per_token, stats, mask, eligible, guided, timings, s_hidden, t_hidden, anchor)
+        return Scored(y, per_token, stats, mask, eligible, guided, timings, s_hidden, t_hidden)
 
     def loss(self, model, tokenizer, examples: list[Example], seed: int | None = None):
         k = self.cfg.rollouts_per_prompt
-        scored = self.score(model, tokenizer, [ex for ex in examples for _ in range(k)], seed)
+        rows = [ex for ex in examples for _ in range(k)]
+        scored = self.score(model, tokenizer, rows, seed)
         # 5. mean over each sequence's tokens, then over sequences (all k rollouts of every question)
         loss = masked_mean(scored.per_token, scored.mask)
         out = metrics(scored)
@@ -192,13 +187,26 @@ class SDFT:
             ce, _ = self.sft.loss(model, tokenizer, examples)
             loss = loss + self.cfg.sft_weight * ce
             out["sft_ce"] = ce.item()
-        if scored.anchor is not None:  # every eligible token, not only the evidence mask's: drift is everywhere
-            anchor = masked_mean(scored.anchor, scored.eligible)
+        if self.cfg.anchor_weight:  # every eligible token, not only the evidence mask's: drift is everywhere
+            t0 = clock(scored.student_hidden.device)
+            anchor = masked_mean(self.anchor(model, tokenizer, rows, scored), scored.eligible)
             loss = loss + self.cfg.anchor_weight * anchor
-            out["anchor_kl"] = anchor.item()
+            out.update(anchor_kl=anchor.item(), anchor_s=clock(scored.student_hidden.device) - t0)
         if any(scored.guided) and self.cfg.watch_rows:  # the rows above are not all the student's own
             out.update(watch(model, tokenizer, examples[: self.cfg.watch_rows], self.cfg, seed))
         return loss, out
+
+    def anchor(self, model, tokenizer, examples: list[Example], scored: Scored) -> torch.Tensor:
+        """[B, T] KL(p_S ‖ p_base) per eligible token: the frozen base (adapter off) reads the bare question and
+        the same rollout, the student's side keeps its graph. examples: one per row of `scored`."""
+        y = scored.completions
+        with torch.no_grad(), teacher_view(model, "base"):
+            b_hidden = completion_hidden(model, [student_ids(tokenizer, ex, self.cfg.prompts) for ex in examples], y)
+        per_token, _ = chunked_token_losses(scored.student_hidden, b_hidden, lm_head(model),
+                                            y.ids.to(b_hidden.device), scored.eligible,
+                                            replace(self.cfg.divergence, kind="reverse_kl", top_k=None),
+                                            self.cfg.temperature)
+        return per_token
 
     def after_optimizer_step(self, model) -> None:
         if self.cfg.teacher == "ema":

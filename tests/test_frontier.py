@@ -137,10 +137,10 @@ def qa_trials(family, method, lr, drift, direct, seeds=(0, 1, 2)):
 
 
 def test_the_qa_sweep_judges_the_choosing_and_the_fresh_seeds_apart_with_the_corrected_band():
-    """The QA sweep's conclude: points and verdicts on seeds 0–2 with z = Φ⁻¹(1 − 0.025/m) for the m = 8 SDFT
-    configurations those seeds chose among (2.73), and on the fresh seeds 3–5 alone with z = 1.96; direct QA is
+    """The QA sweep's conclude: points and verdicts on seeds 0–2 with z = Φ⁻¹(1 − 0.025/m) for the m = 7 SDFT
+    configurations those seeds chose among (2.69), and on the fresh seeds 3–5 alone with z = 1.96; direct QA is
     judged like a gain. Fails if the fresh verdicts pool every seed, or if the correction is left out (the fresh
-    margin 0.10 lies between the 1.96 and the 2.73 bands here)."""
+    margin 0.10 lies between the 1.96 and the 2.69 bands here)."""
     from sdft_lab.experiments.frontier import CHOSEN_AMONG, band_z, conclude
 
     assert band_z(1) == pytest.approx(1.95996, abs=1e-4) and band_z(4) == pytest.approx(2.4977, abs=1e-4)
@@ -149,13 +149,13 @@ def test_the_qa_sweep_judges_the_choosing_and_the_fresh_seeds_apart_with_the_cor
         sft += qa_trials("SFT, paraphrases", "sft", 3e-4, 0.01, [0.2, 0.25, 0.3], seeds)
         sft += qa_trials("SFT, paraphrases", "sft", 1e-3, 0.1, [0.4, 0.45, 0.5], seeds)
     mid = math.sqrt(1e-3)  # SFT's frontier there: direct QA 0.35 with SE 0.05/√3 = 0.0289 on both seed sets
-    # SDFT: 0.55 on seeds 0–2 (+0.20, band 2.73 · 0.0408 = 0.112) and 0.45 on seeds 3–5 (+0.10, band 1.96 · 0.0408
-    # = 0.080): AHEAD on both, and the fresh +0.10 would be EVEN under the choosing seeds' 2.73 band
+    # SDFT: 0.55 on seeds 0–2 (+0.20, band 2.69 · 0.0408 = 0.110) and 0.45 on seeds 3–5 (+0.10, band 1.96 · 0.0408
+    # = 0.080): AHEAD on both, and the fresh +0.10 would be EVEN under the choosing seeds' 2.69 band
     sdft = qa_trials("SDFT guided, all rows, paraphrases", "sdft", 3e-3, mid, [0.5, 0.55, 0.6]) + qa_trials(
         "SDFT guided, all rows, paraphrases", "sdft", 3e-3, mid, [0.4, 0.45, 0.5], (3, 4, 5))
     r = conclude({"sweep": "qa", "trials": sft + sdft, "base_retention": 0.65, "n_probes": 120})
     chose, fresh = r["verdicts"]["per_point"][0], r["verdicts_fresh"]["per_point"][0]
-    assert CHOSEN_AMONG == 8 and band_z(CHOSEN_AMONG) == pytest.approx(2.7344, abs=1e-4)
+    assert CHOSEN_AMONG == 7 and band_z(CHOSEN_AMONG) == pytest.approx(2.6901, abs=1e-4)
     assert r["verdicts"]["z"] == pytest.approx(band_z(CHOSEN_AMONG)) and r["verdicts_fresh"]["z"] == pytest.approx(band_z(1))
     assert [p["seeds"] for p in r["points_fresh"]] == [[3, 4, 5]] * 3
     assert chose["qa_direct"]["margin"] == pytest.approx(0.20) and fresh["qa_direct"]["margin"] == pytest.approx(0.10)
@@ -205,97 +205,89 @@ def test_qa_target_counts_only_points_that_kept_retention():
     assert qa_target({**sweep, "points": [point("SFT", 0.5, 0.5)]}).startswith("no configuration kept")
 
 
-BASELINE, SFT_QA = "SDFT guided, all rows, paraphrases", "SFT, paraphrases"
-
-
-def lever_sweep(extra, fresh=()):
-    """SFT's 24-step frontier at direct QA 0.35 (drift √1e-3, SE 0.0289 per point), the baseline at +0.05 over it,
-    `extra` (family, direct QA on seeds 0–2, retention) points at the same drift, and `fresh` ones on seeds 3–5."""
-    from sdft_lab.experiments.frontier import conclude
+def lever_sweep(levers, fresh=()):
+    """SFT's frontier at direct QA 0.35 (drift √1e-3, SE 0.0289 per point) on both seed sets, the baseline at 0.40
+    on both, `levers` {family: (direct QA on seeds 0–2, retention)} at the same drift (the ones not named at 0.30),
+    and `fresh` {family: direct QA on seeds 3–5}."""
+    from sdft_lab.experiments.frontier import BASELINE_QA, LEVERS, SFT_QA, conclude
 
     mid, out = math.sqrt(1e-3), []
     for seeds in ((0, 1, 2), (3, 4, 5)):
         out += qa_trials(SFT_QA, "sft", 3e-4, 0.01, [0.2, 0.25, 0.3], seeds)
         out += qa_trials(SFT_QA, "sft", 1e-3, 0.1, [0.4, 0.45, 0.5], seeds)
-        out += qa_trials(BASELINE, "sdft", 3e-3, mid, [0.35, 0.4, 0.45], seeds)
-    for family, direct, retention in extra:
-        for t in qa_trials(family, "sdft", 3e-3, mid, direct):
-            out.append({**t, "retention": retention})
-    for family, direct in fresh:
+        out += qa_trials(BASELINE_QA, "sdft", 3e-3, mid, [0.35, 0.4, 0.45], seeds)
+    for family in LEVERS:
+        direct, retention = levers.get(family, ([0.25, 0.3, 0.35], 0.65))
+        out += [{**t, "retention": retention} for t in qa_trials(family, "sdft", 3e-3, mid, direct)]
+    for family, direct in dict(fresh).items():
         out += qa_trials(family, "sdft", 3e-3, mid, direct, (3, 4, 5))
     return conclude({"sweep": "qa", "trials": out, "base_retention": 0.65, "n_probes": 120})
 
 
-def test_the_lever_rule_chooses_on_seeds_0_to_2_and_keeps_only_what_the_fresh_seeds_confirm():
-    """LEVER_RULE by hand. Seeds 0–2: the anchor's +0.15 on direct QA beats the SFT term's +0.10 and the baseline's
-    +0.05, but it forgets (retention 0.55, below the base's 0.65 − 0.0435), so the SFT term is chosen; top-k ties
-    with it on direct QA and loses on the answer gain (its answers are 0.1 lower). On the fresh seeds the SFT term
-    is kept at 0.55 against the baseline's 0.40 (band 1.96 · √2 · 0.0289 = 0.080), and not kept at 0.45. Fails if
-    the retention filter is dropped (the anchor is chosen), if the tie is not broken by the answer gain (the first
-    listed wins), or if "kept" ignores the band (0.45 would be kept)."""
-    from sdft_lab.experiments.frontier import LEVERS, lever_reading
+def lever(word):
+    from sdft_lab.experiments.frontier import LEVERS
+    return next(f for f in LEVERS if word in f)
 
-    sftw, anchor, topk = (f for f in LEVERS if "SFT term" in f or "anchor" in f or "top-k" in f)
-    for topk_first in (True, False):
-        tie = [(topk, [0.45, 0.5, 0.55], 0.65)]
-        rest = [(anchor, [0.5, 0.55, 0.6], 0.55), (sftw, [0.45, 0.5, 0.55], 0.65)]
-        r = lever_sweep(tie + rest if topk_first else rest + tie)
-        for t in r["trials"]:  # top-k's answer gain 0.1 lower than the SFT term's at the same direct QA
+
+def test_the_lever_rule_chooses_on_seeds_0_to_2_and_keeps_only_what_the_fresh_seeds_confirm():
+    """LEVER_RULE by hand. Seeds 0–2: the anchor's direct QA 0.55 beats the SFT term's 0.50 and the baseline's
+    0.40, but it forgets (retention 0.55, below the base's 0.65 − 0.0435), so the SFT term is chosen; top-k ties
+    with it on direct QA and loses on the answer gain (0.1 lower). Fresh seeds: the SFT term's margin over SFT is
+    +0.20 against the baseline's +0.05, a difference of 0.15 over a band of 1.96 · √(0.0408² + 0.0408²) = 0.113:
+    kept; at +0.10 (a difference of 0.05) not kept. Fails if the retention filter is dropped (the anchor is
+    chosen), if the tie is not broken by the answer gain (the first listed wins), if "kept" ignores the band,
+    or if the choice is made before every lever has its seeds 0–2."""
+    from sdft_lab.experiments.frontier import BASELINE_QA, LEVERS, conclude, lever_reading
+
+    sftw, anchor, topk = lever("SFT term"), lever("anchor"), lever("top-k")
+    for order in ((topk, sftw), (sftw, topk)):  # the tie listed both ways round
+        levers = {anchor: ([0.5, 0.55, 0.6], 0.55), **{f: ([0.45, 0.5, 0.55], 0.65) for f in order}}
+        r = lever_sweep(levers)
+        for t in r["trials"]:
             if t["family"] == topk:
                 t["gain"]["answer"] -= 0.1
-        from sdft_lab.experiments.frontier import conclude
-        r = conclude(r)
+        r = conclude(dict(r, trials=[t for t in r["trials"] if t["family"] != order[1]] +
+                          [t for t in r["trials"] if t["family"] == order[1]]))
         assert r["levers"] == {"chosen": sftw, "kept": None}, r["levers"]
-        assert "its fresh seeds 3–5 have not run yet" in lever_reading(r)
-    kept = lever_sweep([(sftw, [0.45, 0.5, 0.55], 0.65)], fresh=[(sftw, [0.5, 0.55, 0.6])])
-    assert kept["levers"]["difference"] == pytest.approx(0.15) and kept["levers"]["kept"] is True
-    assert kept["levers"]["band"] == pytest.approx(1.95996 * math.sqrt(2) * 0.05 / math.sqrt(3), rel=1e-4)
-    assert "kept, it moves the QA frontier" in lever_reading(kept)
-    not_kept = lever_sweep([(sftw, [0.45, 0.5, 0.55], 0.65)], fresh=[(sftw, [0.4, 0.45, 0.5])])
+        assert "its fresh seeds 3–5 (and the baseline's) have not all run" in lever_reading(r)
+    kept = lever_sweep({sftw: ([0.45, 0.5, 0.55], 0.65)}, fresh={sftw: [0.5, 0.55, 0.6]})
+    se = 0.05 / math.sqrt(3) * math.sqrt(2)  # each margin's SE: the point's and SFT's
+    assert kept["levers"]["difference"] == pytest.approx(0.15)
+    assert kept["levers"]["band"] == pytest.approx(1.95996 * math.sqrt(2) * se, rel=1e-4)
+    assert kept["levers"]["kept"] is True and "kept, it moves the QA frontier" in lever_reading(kept)
+    not_kept = lever_sweep({sftw: ([0.45, 0.5, 0.55], 0.65)}, fresh={sftw: [0.4, 0.45, 0.5]})
     assert not_kept["levers"]["kept"] is False and "not kept" in lever_reading(not_kept)
-    baseline = lever_sweep([(sftw, [0.3, 0.35, 0.4], 0.65)])  # the lever learns less: the baseline stays
-    assert baseline["levers"] == {"chosen": BASELINE, "kept": False}
-    assert "no lever moves the QA frontier" in lever_reading(baseline)
+    assert lever_sweep({})["levers"] == {"chosen": BASELINE_QA, "kept": False}  # every lever learns less
+    assert "no lever moves the QA frontier" in lever_reading(lever_sweep({}))
+    partial = lever_sweep({})
+    partial = conclude(dict(partial, trials=[t for t in partial["trials"] if not (t["family"] == topk and t["seed"] == 2)]))
+    assert partial["levers"] == {} and "not all run yet" in lever_reading(partial)
+    assert len(LEVERS) == 3
 
 
-def test_only_the_chosen_lever_and_its_sft_reference_run_on_the_fresh_seeds():
-    """runs_on: every lever runs on seeds 0–2; on seeds 3–5 only the chosen one, with the SFT family it is judged
-    against (the 48-step lever's 48-step SFT), while the baseline and 24-step SFT run on all seeds. Fails if the
-    schedule runs every lever on the fresh seeds, or leaves out the chosen lever's SFT reference."""
-    from sdft_lab.experiments.frontier import LEVERS, QA_REFERENCE, runs_on
+def test_only_the_chosen_lever_runs_on_the_fresh_seeds():
+    """runs_on: every lever runs on seeds 0–2; on seeds 3–5 only the chosen one, and none before the choice is
+    made, while the baseline and SFT run on all seeds. Fails if the schedule runs every lever on the fresh seeds."""
+    from sdft_lab.experiments.frontier import BASELINE_QA, LEVERS, SFT_QA, conclude, runs_on
 
-    longer = next(f for f in LEVERS if f in QA_REFERENCE)
-    sftw = next(f for f in LEVERS if "SFT term" in f)
-    r = lever_sweep([(longer, [0.5, 0.55, 0.6], 0.65), (sftw, [0.4, 0.45, 0.5], 0.65)])
-    # the 48-step lever is judged against 48-step SFT: give that family the 24-step one's points
-    sft48 = [{**t, "family": QA_REFERENCE[longer], "name": t["name"] + " 48"} for t in r["trials"]
-             if t["family"] == SFT_QA and t["seed"] < 3]
-    from sdft_lab.experiments.frontier import conclude
-    r = conclude({**r, "trials": r["trials"] + sft48})
-    assert r["levers"]["chosen"] == longer
-    assert all(runs_on(r, f, 1) for f in [*LEVERS, QA_REFERENCE[longer], BASELINE, SFT_QA])
-    assert runs_on(r, longer, 3) and runs_on(r, QA_REFERENCE[longer], 4)
-    assert not any(runs_on(r, f, 5) for f in LEVERS if f != longer)
-    assert runs_on(r, BASELINE, 3) and runs_on(r, SFT_QA, 3)
+    sftw = lever("SFT term")
+    r = lever_sweep({sftw: ([0.45, 0.5, 0.55], 0.65)})
+    assert r["levers"]["chosen"] == sftw
+    assert all(runs_on(r, f, 1) for f in [*LEVERS, BASELINE_QA, SFT_QA])
+    assert runs_on(r, sftw, 3) and not any(runs_on(r, f, 5) for f in LEVERS if f != sftw)
+    assert runs_on(r, BASELINE_QA, 3) and runs_on(r, SFT_QA, 4)
+    early = conclude(dict(r, trials=[t for t in r["trials"] if t["family"] != lever("anchor")]))
+    assert not any(runs_on(early, f, 3) for f in LEVERS)
 
 
-def test_the_48_step_lever_is_judged_against_sfts_48_step_frontier():
-    """QA_REFERENCE: an SDFT family with its own SFT reference is judged against that family's frontier, the
-    others against SFT's 24-step one. Here 48-step SFT reaches direct QA 0.70 at the lever's drift, 24-step SFT
-    0.35: the lever's 0.55 is BEHIND the one (band 2.73 · 0.041 = 0.11), while the baseline is still judged
-    against the 24-step one. Fails if the reference is ignored."""
-    from sdft_lab.experiments.frontier import LEVERS, QA_REFERENCE
+def test_sittings_name_each_day_and_machine_a_sweep_ran_on():
+    """A sweep continued on another machine says so: fails if the trials' own machines are ignored (every run
+    would be credited to the file's first sitting)."""
+    from sdft_lab.experiments.frontier import sittings
 
-    longer = next(f for f in LEVERS if f in QA_REFERENCE)
-    r = lever_sweep([(longer, [0.5, 0.55, 0.6], 0.65)])
-    sft48 = []
-    for lr, drift, direct in ((1.5e-4, 0.01, [0.55, 0.6, 0.65]), (5e-4, 0.1, [0.75, 0.8, 0.85])):
-        sft48 += [{**t, "name": f"{QA_REFERENCE[longer]} {lr}"} for t in
-                  qa_trials(QA_REFERENCE[longer], "sft", lr, drift, direct)]
-    from sdft_lab.experiments.frontier import conclude
-    r = conclude({**r, "trials": r["trials"] + sft48})
-    row = next(p for p in r["verdicts"]["per_point"] if p["family"] == longer)
-    assert row["qa_direct"]["sft_at_same_drift"] == pytest.approx(0.70)
-    assert row["qa_direct"]["verdict"] == "BEHIND"
-    base = next(p for p in r["verdicts"]["per_point"] if p["family"] == BASELINE)
-    assert base["qa_direct"]["sft_at_same_drift"] == pytest.approx(0.35)
+    first = {"cpu": "AMD EPYC", "cpu_flags": ["avx2", "avx512f"], "torch_threads": 1}
+    later = {"cpu": "AMD EPYC", "cpu_flags": ["avx2"], "torch_threads": 1}
+    r = {"date": "2026-12-02", "machine": first,
+         "trials": [{}, {}, {"date": "2026-12-03", "machine": later}]}
+    assert sittings(r) == ("2026-12-02 on AMD EPYC (avx2, avx512f), 1 torch thread: 2 runs; "
+                           "2026-12-03 on AMD EPYC (avx2), 1 torch thread: 1 runs")

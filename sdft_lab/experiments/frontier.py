@@ -48,8 +48,7 @@ FAMILIES = {
     # equal wall-clock: an SDFT step took 2.5× an SFT step in this sweep's first runs, so SFT gets 2.5× the steps
     "SFT, 60 steps": ("sft", {}, (1e-4, 3e-4), SEEDS),
 }
-# families that do not train for search.STEPS
-STEPS_OF = {"SFT, 60 steps": 60, "SDFT guided, all rows, paraphrases, 48 steps": 48, "SFT, paraphrases, 48 steps": 48}
+STEPS_OF = {"SFT, 60 steps": 60}  # families that do not train for search.STEPS
 LEARNING = ("answer", "passage")  # the gains a verdict is taken on, each on its own
 FORGETTING = "general"  # the drift set on the x axis
 
@@ -58,25 +57,21 @@ FORGETTING = "general"  # the drift set on the x axis
 # with every row at lr 3e-3 is the configuration the first sweep chose; SFT brackets its drift. Seeds 0–2 are
 # the seeds that chose, 3–5 the fresh ones that confirm: each set gets its own points and verdicts.
 FRESH = (3, 4, 5)
+SFT_QA, BASELINE_QA = "SFT, paraphrases", "SDFT guided, all rows, paraphrases"
 GUIDED_QA = {"guided": 1.0, "mask": True, "para": 1}
 QA_FAMILIES = {
-    "SFT, paraphrases": ("sft", {"para": 1}, (3e-4, 1e-3), SEEDS + FRESH),
-    "SDFT guided, all rows, paraphrases": ("sdft", GUIDED_QA, (3e-3,), SEEDS + FRESH),
+    SFT_QA: ("sft", {"para": 1}, (3e-4, 1e-3), SEEDS + FRESH),
+    BASELINE_QA: ("sdft", GUIDED_QA, (3e-3,), SEEDS + FRESH),
 }
-# The levers: the QA sweep's SDFT configuration with one change each, on the same 64 questions. Three keep its
-# 24 steps and learning rate; "more steps" doubles the steps at half the rate, and SFT gets the same budget
-# (its own two rates halved, 48 steps) to be judged against. Each runs on seeds 0–2; LEVER_RULE picks which one
-# runs on the fresh seeds too.
+# The levers: the QA sweep's SDFT configuration with one change each, on the same 64 questions, 24 steps and
+# learning rate, so within notebook 03's budget. Each runs on seeds 0–2; LEVER_RULE picks which one runs on the
+# fresh seeds too.
 LEVERS = {
-    "SDFT guided, all rows, paraphrases, SFT term 0.1": ({"sftw": 0.1}, 3e-3),
-    "SDFT guided, all rows, paraphrases, base anchor 0.25": ({"anchor": 0.25}, 3e-3),
-    "SDFT guided, all rows, paraphrases, top-k 20": ({"topk": 20}, 3e-3),
-    "SDFT guided, all rows, paraphrases, 48 steps": ({}, 1.5e-3),
+    f"{BASELINE_QA}, SFT term 0.1": {"sftw": 0.1},
+    f"{BASELINE_QA}, base anchor 0.25": {"anchor": 0.25},
+    f"{BASELINE_QA}, top-k 20": {"topk": 20},
 }
-QA_FAMILIES.update({f: ("sdft", {**GUIDED_QA, **c}, (lr,), SEEDS + FRESH) for f, (c, lr) in LEVERS.items()})
-QA_FAMILIES["SFT, paraphrases, 48 steps"] = ("sft", {"para": 1}, (1.5e-4, 5e-4), SEEDS + FRESH)
-# the SFT family each SDFT family of the QA sweep is judged against: the one with the same steps
-QA_REFERENCE = {"SDFT guided, all rows, paraphrases, 48 steps": "SFT, paraphrases, 48 steps"}
+QA_FAMILIES.update({f: ("sdft", {**GUIDED_QA, **c}, (3e-3,), SEEDS + FRESH) for f, c in LEVERS.items()})
 QA_KINDS = ("direct", "indirect", "ood", "all")
 # How many SDFT configurations the seeds 0–2 chose among: the first sweep's four (FAMILIES' SDFT points with
 # seeds), which chose the QA sweep's baseline, and the levers. The seeds that chose get a band corrected for that.
@@ -105,19 +100,20 @@ QA_RULE = (
     f"On seeds 0–2 the band is z·SE with z = Φ⁻¹(1 − 0.025/m) for the m = {CHOSEN_AMONG} SDFT configurations those "
     f"seeds chose among (the first sweep's 4 and the {len(LEVERS)} levers; Bonferroni: "
     f"z = {statistics.NormalDist().inv_cdf(1 - 0.025 / CHOSEN_AMONG):.2f}); on seeds 3–5, which chose nothing, m = 1 "
-    "(z = 1.96). A verdict stands when the fresh seeds give it. With 3 seeds each SE has 2 degrees of freedom, so a "
-    "margin just past its band is weak evidence. The 48-step SDFT configuration is judged against SFT's 48-step "
-    "frontier, every other against SFT's 24-step one."
+    "(z = 1.96), for the baseline and for the one lever that runs there, each chosen before its fresh seeds ran. A "
+    "verdict stands when the fresh seeds give it. With 3 seeds each SE has 2 degrees of freedom, so a margin just "
+    "past its band is weak evidence."
 )
 
 LEVER_RULE = (
     "The levers: each is the QA sweep's guided SDFT configuration with one change (an SFT term of weight 0.1, a "
-    "base anchor of weight 0.25, top-k 20 with a tail bucket, or 48 steps at half the learning rate), on the same "
-    "questions. On seeds 0–2 the choice is the SDFT configuration of the QA sweep (the baseline or a lever) with "
-    "retention within one SE of the base's and the largest direct-QA margin over its SFT frontier at the same "
-    "drift, ties broken by the answer-gain margin. A chosen lever runs on the fresh seeds 3–5 and is kept only if "
-    "there its direct-QA margin exceeds the baseline's by more than 1.96 standard errors of the difference. A lever "
-    "not chosen, or not kept, does not move the QA frontier."
+    "base anchor of weight 0.25, or top-k 20 with a tail bucket), on the same questions, steps and learning rate. "
+    "Once the baseline and every lever have seeds 0–2, the choice is the SDFT configuration (the baseline or a "
+    "lever) with retention within one SE of the base's and the largest direct-QA margin over SFT's frontier at the "
+    "same drift, ties broken by the answer-gain margin. A chosen lever runs on the fresh seeds 3–5 and is kept only "
+    "if there its direct-QA margin exceeds the baseline's by more than 1.96 standard errors of the two margins' "
+    "difference (each margin's SE as its verdict takes it, SFT's side included). A lever not chosen, or not kept, "
+    "does not move the QA frontier."
 )
 
 
@@ -207,8 +203,8 @@ def conclude(results: dict) -> dict:
         return results
     for key, seeds, z in (("", SEEDS, band_z(CHOSEN_AMONG)), ("_fresh", FRESH, band_z(1))):
         results["points" + key] = points(results, seeds)
-        results["verdicts" + key] = verdicts({**results, "points": results["points" + key]}, "SFT, paraphrases",
-                                             z=z, gains=QA_LEARNING, references=QA_REFERENCE)
+        results["verdicts" + key] = verdicts({**results, "points": results["points" + key]}, SFT_QA,
+                                             z=z, gains=QA_LEARNING)
     results["levers"] = lever_choice(results)
     return results
 
@@ -235,7 +231,7 @@ def points(results: dict, seeds: tuple[int, ...] | None = None) -> list[dict]:
              "train_minutes": statistics.fmean(t["train_s"] / 60 for t in ts)}
         for g in LEARNING:
             p[g] = _stat([t["gain"][g] for t in ts])
-        for d in set.intersection(*(set(t["drift"]) for t in ts)):
+        for d in sorted(set.intersection(*(set(t["drift"]) for t in ts))):
             p[f"drift_{d}"] = _stat([t["drift"][d] for t in ts])
         if all("qa" in t for t in ts):
             for kind in QA_KINDS:
@@ -261,25 +257,18 @@ def sft_frontier(sft: list[dict], drift: float, gain: str) -> tuple[float, float
             "inside")
 
 
-def verdicts(results: dict, reference: str = "SFT", z: float = 2.0, gains: tuple[str, ...] = LEARNING,
-             references: dict[str, str] | None = None) -> dict:
+def verdicts(results: dict, reference: str = "SFT", z: float = 2.0, gains: tuple[str, ...] = LEARNING) -> dict:
     """RULE applied: per SDFT configuration and gain, its margin over the frontier of the SFT family
     `reference` ("SFT": equal steps; "SFT, 60 steps": equal wall-clock) and the verdict. z: the band in
-    standard errors of the difference (RULE's 2; QA_RULE's corrected one). references: SDFT families judged
-    against another SFT family than `reference` (QA_REFERENCE: the same steps); one without two SFT points with
-    seeds gets no verdict."""
+    standard errors of the difference (RULE's 2; QA_RULE's corrected one)."""
     pts = results.get("points") or points(results)
-
-    def sft_of(family: str) -> list[dict]:
-        ref = (references or {}).get(family, reference)
-        return [p for p in pts if p["family"] == ref and len(p["seeds"]) > 1]
-    if len(sft_of("")) < 2:
+    sft = [p for p in pts if p["family"] == reference and len(p["seeds"]) > 1]
+    if len(sft) < 2:
         return {}
     se_base = retention_se(results["base_retention"], results["n_probes"])
     out = {"per_point": [], "ahead": {}}
     for p in pts:
-        sft = sft_of(p["family"])
-        if p["method"] != "sdft" or len(p["seeds"]) < 2 or len(sft) < 2:
+        if p["method"] != "sdft" or len(p["seeds"]) < 2:
             continue
         row = {"name": p["name"], "family": p["family"], "lr": p["lr"], "seeds": len(p["seeds"]),
                "retention_ok": p["retention"]["mean"] >= results["base_retention"] - se_base}
@@ -440,46 +429,63 @@ def answers_table(results: dict, seed: int = FRESH[0], kind: str = "direct") -> 
 
 
 def lever_choice(results: dict) -> dict:
-    """LEVER_RULE applied: the configuration seeds 0–2 choose among the QA sweep's SDFT points, and for a chosen
-    lever, whether the fresh seeds keep it: {"chosen", "kept" (None until its fresh seeds ran; False for the
-    baseline), "difference", "band"} (on fresh direct QA, lever minus baseline), or {} before any lever's verdict."""
-    every = results.get("verdicts", {}).get("per_point", [])
-    rows = [r for r in every if r["retention_ok"]]
-    if not rows or not any(r["family"] in LEVERS for r in every):
+    """LEVER_RULE applied: {"chosen", "kept", "difference", "band"}. "chosen" is the configuration seeds 0–2
+    choose (None if none kept retention); "kept" is False for the baseline, None until the chosen lever's fresh
+    seeds and the baseline's have all run, then whether its fresh direct-QA margin exceeds the baseline's by the
+    band ("difference", "band"). {} until the baseline and every lever have their seeds 0–2."""
+    every = {r["family"]: r for r in results.get("verdicts", {}).get("per_point", []) if r["seeds"] == len(SEEDS)}
+    if not {BASELINE_QA, *LEVERS} <= set(every):
         return {}
+    rows = [r for f, r in every.items() if r["retention_ok"] and f in {BASELINE_QA, *LEVERS}]
+    if not rows:
+        return {"chosen": None, "kept": False}
     chosen = max(rows, key=lambda r: (r["qa_direct"]["margin"], r["answer"]["margin"]))["family"]
-    out = {"chosen": chosen, "kept": False if chosen not in LEVERS else None}
-    fresh = {p["family"]: p for p in results.get("points_fresh", []) if len(p["seeds"]) > 1}
-    if chosen in LEVERS and chosen in fresh and "SDFT guided, all rows, paraphrases" in fresh:
-        lever, base = fresh[chosen]["qa_direct"], fresh["SDFT guided, all rows, paraphrases"]["qa_direct"]
-        out["difference"] = lever["mean"] - base["mean"]
-        out["band"] = band_z(1) * math.sqrt((lever["se"] or 0.0) ** 2 + (base["se"] or 0.0) ** 2)
+    out = {"chosen": chosen, "kept": False if chosen == BASELINE_QA else None}
+    fresh = {r["family"]: r for r in results.get("verdicts_fresh", {}).get("per_point", []) if r["seeds"] == len(FRESH)}
+    if out["kept"] is None and {chosen, BASELINE_QA} <= set(fresh):
+        lever, base = (fresh[f]["qa_direct"] for f in (chosen, BASELINE_QA))
+        # each margin's SE is band / z; the difference's SE is the root of their squares
+        z = results["verdicts_fresh"]["z"]
+        out["difference"] = lever["margin"] - base["margin"]
+        out["band"] = band_z(1) * math.hypot(lever["band"] / z, base["band"] / z)
         out["kept"] = out["difference"] > out["band"]
     return out
 
 
 def runs_on(results: dict, family: str, seed: int) -> bool:
-    """LEVER_RULE's schedule: the levers, and the SFT family one is judged against, run on seeds 0–2; on the fresh
-    seeds only the lever seeds 0–2 chose does, with its SFT reference. Every other family runs on all its seeds."""
-    if seed not in FRESH or family not in {*LEVERS, *QA_REFERENCE.values()}:
-        return True
-    chosen = lever_choice(conclude(results)).get("chosen")
-    return family in (chosen, QA_REFERENCE.get(chosen))
+    """LEVER_RULE's schedule: the levers run on seeds 0–2; on the fresh seeds only the one seeds 0–2 chose does,
+    once the choice is made. Every other family runs on all its seeds."""
+    return seed not in FRESH or family not in LEVERS or lever_choice(conclude(results)).get("chosen") == family
 
 
 def lever_reading(results: dict) -> str:
     """LEVER_RULE's outcome in one sentence."""
     c = results.get("levers") or {}
     if not c:
-        return "Levers: not run yet (each needs its seeds 0–2)."
+        return "Levers: not all run yet (the baseline and each lever need seeds 0–2)."
+    if c["chosen"] is None:
+        return "Levers: no SDFT configuration kept retention within one SE of the base on seeds 0–2; none is kept."
     if c["chosen"] not in LEVERS:
         return (f"Levers: seeds 0–2 choose the baseline ({c['chosen']}): no lever moves the QA frontier, and none is "
                 "kept.")
     if c["kept"] is None:
-        return f"Levers: seeds 0–2 choose {c['chosen']}; its fresh seeds 3–5 have not run yet."
-    return (f"Levers: seeds 0–2 choose {c['chosen']}; on the fresh seeds 3–5 its direct QA differs from the "
-            f"baseline's by {c['difference']:+.2f} (band ±{c['band']:.2f}): "
+        return f"Levers: seeds 0–2 choose {c['chosen']}; its fresh seeds 3–5 (and the baseline's) have not all run."
+    return (f"Levers: seeds 0–2 choose {c['chosen']}; on the fresh seeds 3–5 its direct-QA margin over SFT differs "
+            f"from the baseline's by {c['difference']:+.2f} (band ±{c['band']:.2f}): "
             + ("kept, it moves the QA frontier." if c["kept"] else "not kept, it does not move the QA frontier."))
+
+
+def sittings(results: dict) -> str:
+    """When and where the trials ran, one clause per sitting with its count of runs; a trial without its own date
+    and machine ran in the sitting that started the file."""
+    count: dict[tuple, int] = {}
+    for t in results["trials"]:
+        m = t.get("machine", results["machine"])
+        key = (t.get("date", results["date"]), m["cpu"], ", ".join(m.get("cpu_flags", [])) or "no AVX",
+               m["torch_threads"])
+        count[key] = count.get(key, 0) + 1
+    return "; ".join(f"{d} on {cpu} ({flags}), {th} torch thread{'s' * (th > 1)}: {n} runs"
+                     for (d, cpu, flags, th), n in count.items())
 
 
 def published_qa() -> dict:
