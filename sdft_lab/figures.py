@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
-PHASES = ("sample_s", "teacher_s", "student_fwd_s", "backward_s", "optim_s")
+PHASES = ("sample_s", "teacher_s", "student_fwd_s", "anchor_s", "backward_s", "optim_s")  # anchor_s: with anchor_weight
 MEMORY = ("rss_peak_gib", "cuda_alloc_peak_gib", "cuda_reserved_peak_gib")
 
 

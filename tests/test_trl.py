@@ -53,6 +53,17 @@ def test_teacher_side_top_k_has_no_trl_equivalent():
         distillation(DivergenceConfig(top_k=20, top_k_side="teacher"))
 
 
+@pytest.mark.parametrize("option", [{"guided": 1.0}, {"evidence_mask": True}, {"sft_weight": 0.1},
+                                    {"anchor_weight": 0.25}, {"rollouts_per_prompt": 2}])
+def test_options_trl_cannot_express_are_refused_not_dropped(tokenizer, demo, tmp_path, option):
+    """Each SDFTConfig option TRL's trainer has no setting for stops the export with its name: fails if any of
+    them is silently left out of trl_config.json (the export would train another objective). Nothing written."""
+    (name, _), = option.items()
+    with pytest.raises(ValueError, match=name):
+        export(demo[:2], tokenizer, tmp_path / "out", SDFTConfig(**option))
+    assert not (tmp_path / "out").exists()
+
+
 def test_export_measures_the_teacher_prompts_and_sets_the_limit(tokenizer, demo, tmp_path):
     sdft = SDFTConfig(max_new_tokens=16, skip_first=2, teacher="live", prompts=PromptConfig(system="Be brief."))
     config = export(demo, tokenizer, tmp_path, sdft, TrainConfig(steps=7, batch_size=2, lr=3e-4))

@@ -25,7 +25,8 @@ What maps (sdft_lab → TRL SDFTConfig):
   one rollout per prompt, no importance ratio  num_generations 1, distillation_is_clip None
   TrainConfig                                  max_steps, per_device_train_batch_size, gradient_accumulation_steps,
                                                learning_rate, weight_decay, warmup_steps, max_grad_norm, seed, cosine
-What does not: top_k_side "teacher" (TRL's local top-k support is the student's; an error), chunk_tokens
+What does not: top_k_side "teacher" (TRL's local top-k support is the student's; an error); guided rows, the
+evidence mask, sft_weight, anchor_weight and rollouts_per_prompt > 1 (NO_TRL_EQUIVALENT; an error); chunk_tokens
 (TRL materialises the full [batch, length, vocab] logits), and the differences listed in NOTES.
 """
 
@@ -114,8 +115,20 @@ def teacher_prompt_lengths(rows: list[dict], tokenizer, teacher_prompt_template:
     return lengths
 
 
+# SDFTConfig options TRL's SDFTTrainer has no setting for, with their "off" values: an export would drop them
+NO_TRL_EQUIVALENT = {"guided": 0.0, "evidence_mask": False, "sft_weight": 0.0, "anchor_weight": 0.0,
+                     "rollouts_per_prompt": 1}
+
+
 def trl_config(sdft: SDFTConfig, train: TrainConfig, teacher_prompt_template: str, max_prompt_length: int) -> dict:
     """keyword arguments for trl.experimental.sdft.SDFTConfig (add output_dir and your hardware settings)."""
+    dropped = [f"{k}={getattr(sdft, k)!r}" for k, off in NO_TRL_EQUIVALENT.items() if getattr(sdft, k) != off]
+    if dropped:
+        raise ValueError(f"{', '.join(dropped)}: TRL's SDFTTrainer has no such setting (it samples one rollout per "
+                         "prompt from the bare question and trains the divergence alone on every completion token), "
+                         "so the export would train another objective. Set "
+                         + ", ".join(f"{k}={off!r}" for k, off in NO_TRL_EQUIVALENT.items()) +
+                         " to export, or train this one in sdft_lab.")
     return {
         **distillation(sdft.divergence),
         "teacher_model_kind": sdft.teacher, "teacher_update_rate": sdft.ema_rate, "teacher_sync_steps": 1,
