@@ -31,6 +31,33 @@ def test_each_method_gets_its_best_direct_qa_point_within_one_se_of_the_base():
     assert 0.65 - math.sqrt(0.65 * 0.35 / 120) > 0.55
 
 
+def test_an_sdft_lever_counts_only_once_the_fresh_seeds_kept_it():
+    """A lever with more direct QA on seeds 0–2 than the baseline is the pick only if LEVER_RULE kept it: fails if
+    the continual run takes a lever that was chosen but not (yet) confirmed, or ignores one that was kept."""
+    from sdft_lab.experiments.frontier import BASELINE_QA, LEVERS
+
+    lever = next(iter(LEVERS))
+
+    def point(name, family, qa):
+        return {"name": name, "family": family, "method": "sdft", "qa_direct": {"mean": qa}, "retention": {"mean": 0.64}}
+    sweep = {"base_retention": 0.65, "n_probes": 120,
+             "points": [point("a", BASELINE_QA, 0.1), point("b", lever, 0.3)],
+             "trials": [{"name": n, "settings": {"lr": lr}} for n, lr in (("a", 1), ("b", 2))]}
+    for levers, pick in (({}, 1), ({"chosen": lever, "kept": None}, 1), ({"chosen": lever, "kept": False}, 1),
+                         ({"chosen": lever, "kept": True}, 2)):
+        assert best_settings({**sweep, "levers": levers}) == {"sdft": {"lr": pick}}, levers
+
+
+def test_the_published_continual_run_used_the_qa_sweeps_confirmed_picks():
+    """docs/continual.json's settings are what RULE gives on docs/frontier_qa.json as it stands: fails if the
+    QA sweep's published results (its levers included) would now pick another configuration than the one the
+    continual run trained."""
+    from sdft_lab.experiments.continual import published
+    from sdft_lab.experiments.frontier import published_qa
+
+    assert best_settings(published_qa()) == published()["settings"]
+
+
 @pytest.mark.slow
 def test_a_tiny_run_measures_every_earlier_batch_after_every_stage(tokenizer, tmp_path):
     """One step per stage on the tiny llama, both methods: stage k's row holds batches A … k, with QA, gains,

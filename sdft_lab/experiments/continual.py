@@ -33,7 +33,7 @@ from ..eval.retention import retention_se
 from ..models import load
 from ..report import machine
 from ..trainer import Trainer
-from .frontier import kept
+from .frontier import LEVERS, kept
 from .runs import student_of
 from .search import DOCS, STEPS, SYSTEMS, run_config, settings_of
 
@@ -41,15 +41,17 @@ STAGES = (("A", 0, 8), ("B", 8, 16), ("C", 16, 24))  # batch name, first and end
 SEEDS = (0, 1, 2)
 RULE = ("Each method's configuration is its point of the QA sweep (docs/frontier_qa.json) with the highest mean "
         "direct-question QA on the seeds that chose (0–2), among those whose mean retention lies within one "
-        "standard error of the base's.")
+        "standard error of the base's; an SDFT lever counts only if the fresh seeds kept it (frontier.LEVER_RULE).")
 
 
 def best_settings(sweep: dict) -> dict[str, dict]:
     """RULE applied to a QA sweep: {method: settings}."""
     trials = {t["name"]: t["settings"] for t in sweep["trials"]}
+    levers = sweep.get("levers") or {}
+    unconfirmed = {f for f in LEVERS if not (levers.get("chosen") == f and levers.get("kept"))}
     out = {}
     for method in ("sft", "sdft"):
-        ok = [p for p in kept(sweep) if p["method"] == method]
+        ok = [p for p in kept(sweep) if p["method"] == method and p.get("family") not in unconfirmed]
         if ok:
             out[method] = trials[max(ok, key=lambda p: p["qa_direct"]["mean"])["name"]]
     return out
