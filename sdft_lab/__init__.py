@@ -13,12 +13,13 @@ widgets), eval/ (scorers, knowledge QA, retention probes, lm-eval), experiments/
 from .reproducible import MKL_BRANCH  # first: MKL's branch is fixed before its first call
 from .config import RunConfig
 from .data import DataError, Example, load_dataset, load_jsonl, save_jsonl
+from .heldout import evaluate_kl
 from .losses import DivergenceConfig, divergence
 from .models import StudentConfig, add_student, load, load_adapter, teacher_view
 from .presets import PRESETS
 from .prompts import PAPER_TEMPLATE, TEMPLATES, PromptConfig, preview
 from .rollout import sample
-from .sdft import SDFT, SDFTConfig, evaluate_kl
+from .sdft import SDFT, SDFTConfig
 from .sft import SFT, SFTConfig
 from .trainer import Objective, TrainConfig, Trainer
 

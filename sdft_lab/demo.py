@@ -18,11 +18,12 @@ from pathlib import Path
 
 from .config import RunConfig
 from .data import load_dataset
+from .heldout import evaluate_kl
 from .inspect.preflight import greedy_answers, quick_check
 from .models import add_student, load
 from .report import load as load_run
 from .report import render
-from .sdft import SDFTConfig, evaluate_kl
+from .sdft import SDFTConfig
 from .trainer import TrainConfig, Trainer
 
 HELD_OUT_SEED = 10**6  # training rollouts use seeds cfg.seed·1000003 + i, far from this
