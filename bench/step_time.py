@@ -308,6 +308,7 @@ def main() -> None:
                         "its median ends the rounds")
     parser.add_argument("--worker", nargs=2, metavar=("VARIANT", "PROMPTS"), help=argparse.SUPPRESS)
     parser.add_argument("--tables", type=Path, help="print the tables of a results file (its runs), run nothing")
+    parser.add_argument("--out", type=Path, help="the results file [bench/results/step_time_p<N>[_<variants>].json]")
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(run_variant(args.worker[0], int(args.worker[1]), args.steps, args.new_tokens)))
@@ -332,8 +333,9 @@ def main() -> None:
           f"flags {' '.join(the_machine['cpu_flags']) or 'none of avx2 / avx512 / amx'}, BLAS {the_machine['blas']}",
           file=sys.stderr)
     chosen = "" if args.variants == list(VARIANTS) else "_" + "-".join(args.variants)  # runs of other variants kept
-    out = Path(__file__).parent / "results" / f"step_time_p{'-'.join(map(str, args.prompts))}{chosen}.json"
-    out.parent.mkdir(exist_ok=True)
+    name = f"step_time_p{'-'.join(map(str, args.prompts))}{chosen}.json"
+    out = args.out or Path(__file__).parent / "results" / name
+    out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"date": time.strftime("%Y-%m-%d"), "machine": the_machine, "new_tokens": args.new_tokens,
             "timed_steps": args.steps, "rounds": {}, "spread_limit": args.spread}
     runs: list[dict] = []
