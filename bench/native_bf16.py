@@ -4,30 +4,31 @@ or AMX): what docs/performance.md leaves "not measured" until such a CPU runs th
 Three stages, each written to bench/results/native_bf16.json as its runs finish (a rerun skips what is there):
 
   pair      the frontier's workshop pair (frontier.workshop_pair on docs/frontier.json: guided SDFT and SFT at
-            the same forgetting) trained again under SDFT_LAB_PRECISION=bf16 on seeds 0–2, beside that file's
-            fp32 trials, judged by PAIR_RULE; and the SDFT side's seed 0 again in fp32, which must give the file's
-            figures (fp32 runs repeat bit for bit across CPUs, docs/machines.md), or the two sittings are not
-            comparable and the stage says so.
+            the same forgetting) trained under SDFT_LAB_PRECISION=bf16 on seeds 0–2 and judged by BF16_RULE
+            against fp32 on the same seeds. SDFT's seed 0 runs in fp32 first: where it repeats the published
+            figures, the published fp32 trials stand for this machine's; where it does not (fp32 repeats bit for
+            bit on one machine, not across CPUs: docs/machines.md), the other fp32 runs are made here too.
   workshop  notebook 03's run (experiments/workshop.py) under the policy and pinned to fp32 (the code path of a
-            CPU before the policy), in the order A B B A, its wall time with the model's load; the speed-up is
-            fp32's time over the policy's, per pair of runs (the target: at least 1.5).
+            CPU before the policy), in the order A B B A after one untimed run under each (the machine's
+            one-off choices, kept in the cache folder, are made before the timing); its wall time with the
+            model's load. The speed-up is fp32's time over the policy's within each pair (the target: ≥ 1.5).
   bench     bench/step_time.py at 4 and at 16 prompts: SFT, SDFT, TRL's SDFTTrainer at its bf16 default and in
-            fp32, plain generate, interleaved rounds (its own targets and spreads).
+            fp32, plain generate, interleaved rounds (its own targets and spreads); a size resumes whole.
 
-    python bench/native_bf16.py                      # every stage (≈ 2 h on 2 cores)
+    python bench/native_bf16.py                      # every stage (≈ 2½–3 h on 2 cores)
     python bench/native_bf16.py --stages pair        # one of them
     python bench/native_bf16.py --tables             # the saved results' tables, nothing run
 
 On a CPU without native bf16 it refuses: bf16 is emulated there, several times slower, so its figures would
 say nothing about the policy, which computes fp32 on such a CPU. --smoke runs every stage's plumbing on any CPU
-(one training step, 4 tokens, one seed, into --out): a check of the script, not a measurement.
+(one training step, 4 tokens, one seed, SDFT's side only, into another --out): a check of the script, not a
+measurement.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -38,16 +39,20 @@ from pathlib import Path
 HERE = Path(__file__).parent
 STAGES = ("pair", "workshop", "bench")
 SEEDS = (0, 1, 2)
+SIDES = ("sdft", "sft")
 FIGURES = {"answer gain": ("gain", "answer"), "passage gain": ("gain", "passage"),
            "general drift": ("drift", "general"), "retention": ("retention", None)}
+SMALL = 0.10  # inspect/quantization.py's "small": a tenth of the figure
+REPRODUCED = 1e-6  # the fp32 check: |figure − the published one| under this, for every figure
 BENCH_VARIANTS = ["sft", "sdft", "trl-full", "trl-full-fp32", "generate"]
 WORKSHOP_ORDER = ("auto", "fp32", "fp32", "auto")  # A B B A: a drift in the machine's speed cancels over a pair
-REPRODUCED = 1e-6  # the fp32 check: |figure − the published one| under this, for every figure
 
-PAIR_RULE = ("bf16 stays the policy's default only if, for both methods of the workshop pair, each figure's bf16 "
-             "mean over seeds 0–2 (answer gain, passage gain, general drift, retention) lies within 1.96 standard "
-             "errors of its difference from the fp32 mean (each side's SE over its own seeds); otherwise bf16 "
-             "becomes an option (SDFT_LAB_PRECISION=bf16) and the policy computes fp32.")
+BF16_RULE = ("bf16 stays the policy's default only if it moves no figure of the workshop pair by more than fp32 "
+             "runs vary anyway. For both methods, the mean over seeds 0–2 of each seed's bf16 − fp32 difference "
+             "must lie within ±max(10 % of the fp32 mean, the fp32 standard deviation over the seeds) for the "
+             "answer gain, the passage gain and the general drift, and within one binomial standard error of the "
+             "fp32 retention (retention_se over the probes) for retention. Otherwise bf16 becomes an option "
+             "(SDFT_LAB_PRECISION=bf16) and the policy computes fp32.")
 
 
 def figure(trial: dict, name: str) -> float:
@@ -55,35 +60,90 @@ def figure(trial: dict, name: str) -> float:
     return trial[group] if key is None else trial[group][key]
 
 
-def compare(fp32: list[dict], bf16: list[dict]) -> list[dict]:
-    """One row per figure: each side's mean and SE over its seeds, the difference, its 1.96-SE band, whether the
-    difference lies within it, and each seed's own difference (the same seed starts both runs alike, so these
-    show how steadily the precision moves a figure, which the two means cannot)."""
+def compare(fp32: list[dict], bf16: list[dict], n_probes: int) -> list[dict]:
+    """BF16_RULE's figures, one row each, on the seeds both precisions ran: the fp32 mean and standard deviation,
+    the bf16 mean, each seed's bf16 − fp32 difference (the same seed starts both runs alike), their mean (the
+    change), the rule's margin and whether the change lies within it."""
+    from sdft_lab.eval.retention import retention_se
+
+    seeds = sorted({t["seed"] for t in fp32} & {t["seed"] for t in bf16})
+    by_seed = [{t["seed"]: t for t in side} for side in (fp32, bf16)]
     rows = []
     for name in FIGURES:
-        a, b = ([figure(t, name) for t in side] for side in (fp32, bf16))
-        se = [statistics.stdev(x) / math.sqrt(len(x)) if len(x) > 1 else math.nan for x in (a, b)]
-        diff = statistics.mean(b) - statistics.mean(a)
-        band = 1.96 * math.hypot(*se)
-        paired = [figure(y, name) - figure(x, name) for x in sorted(fp32, key=lambda t: t["seed"])
-                  for y in bf16 if x["seed"] == y["seed"]]
-        rows.append({"figure": name, "fp32": statistics.mean(a), "fp32_se": se[0], "bf16": statistics.mean(b),
-                     "bf16_se": se[1], "difference": diff, "band": band, "within": abs(diff) <= band,
-                     "per_seed": paired})
+        a, b = ([figure(side[s], name) for s in seeds] for side in by_seed)
+        per_seed = [y - x for x, y in zip(a, b)]
+        sd = statistics.stdev(a) if len(a) > 1 else 0.0
+        mean = statistics.mean(a)
+        margin = retention_se(mean, n_probes) if name == "retention" else max(SMALL * abs(mean), sd)
+        change = statistics.mean(per_seed)
+        rows.append({"figure": name, "fp32": mean, "fp32_sd": sd, "bf16": statistics.mean(b), "per_seed": per_seed,
+                     "change": change, "margin": margin, "within": abs(change) <= margin, "seeds": seeds})
     return rows
 
 
 def keeps_bf16(comparisons: dict[str, list[dict]]) -> bool:
-    """PAIR_RULE: every figure of both methods within its band."""
+    """BF16_RULE: every figure of both methods within its margin."""
     return all(row["within"] for rows in comparisons.values() for row in rows)
 
 
-def pair_todo(done: list[dict], seeds: tuple[int, ...]) -> list[tuple[str, str, int]]:
-    """(precision, side, seed) still to run: bf16 on both sides and every seed, seed 0 first, then SDFT's seed 0
-    in fp32 (the check that this machine repeats the published fp32 figures)."""
-    want = [("bf16", side, seed) for seed in seeds for side in ("sdft", "sft")] + [("fp32", "sdft", seeds[0])]
-    have = {(t["precision_pin"], t["side"], t["seed"]) for t in done}
-    return [w for w in want if w not in have]
+def the_pair() -> dict[str, dict]:
+    """The workshop pair's two configurations and their fp32 trials in docs/frontier.json, by side; and the
+    number of retention probes those trials were scored on."""
+    from sdft_lab.experiments import frontier
+    from sdft_lab.experiments.search import STEPS
+
+    results = frontier.published()
+    out = {}
+    for point in frontier.workshop_pair(results):
+        trials = [t for t in results["trials"] if t["name"] == point["name"]]
+        out[point["method"]] = {"name": point["name"], "family": point["family"], "settings": trials[0]["settings"],
+                                "steps": frontier.STEPS_OF.get(point["family"], STEPS),
+                                "fp32": sorted(trials, key=lambda t: t["seed"]), "n_probes": results["n_probes"]}
+    return out
+
+
+def reproduced(trials: list[dict], pair: dict) -> bool | None:
+    """Whether SDFT's fp32 seed 0 run here repeats the published figures (None: not run yet)."""
+    check = [t for t in trials if t["side"] == "sdft" and t["precision_pin"] == "fp32" and t["seed"] == SEEDS[0]]
+    if not check:
+        return None
+    published = next(t for t in pair["sdft"]["fp32"] if t["seed"] == SEEDS[0])
+    return all(abs(figure(check[0], n) - figure(published, n)) < REPRODUCED for n in FIGURES)
+
+
+def pair_todo(trials: list[dict], pair: dict, seeds: tuple[int, ...], sides: tuple[str, ...] = SIDES) \
+        -> list[tuple[str, str, int]]:
+    """(precision, side, seed) still to run, in order: SDFT's fp32 seed 0 (the check), bf16 on every side and
+    seed, and, where the check did not repeat the published figures, the other fp32 runs. Only trials of the
+    pair's present configurations count as done."""
+    done = {(t["precision_pin"], t["side"], t["seed"]) for t in trials if t["name"] == pair[t["side"]]["name"]}
+    want = [("fp32", "sdft", seeds[0]), *(("bf16", side, seed) for seed in seeds for side in sides)]
+    if reproduced(trials, pair) is False:
+        want += [("fp32", side, seed) for seed in seeds for side in sides]
+    return [w for w in dict.fromkeys(want) if w not in done]
+
+
+def fp32_side(trials: list[dict], pair: dict, side: str) -> list[dict]:
+    """fp32's trials for the comparison: the published ones where the check repeated them, else this machine's."""
+    if reproduced(trials, pair):
+        return pair[side]["fp32"]
+    return [t for t in trials if t["side"] == side and t["precision_pin"] == "fp32"]
+
+
+def conclude_pair(stage: dict, pair: dict) -> None:
+    """The comparison of each side and BF16_RULE's outcome, from the trials (in place); the rule waits for every
+    seed of both sides."""
+    trials = [t for t in stage["trials"] if t["name"] == pair[t["side"]]["name"]]
+    stage["fp32_reproduced"] = reproduced(trials, pair)
+    stage["comparison"] = {}
+    for side in SIDES:
+        bf16 = [t for t in trials if t["side"] == side and t["precision_pin"] == "bf16"]
+        fp32 = fp32_side(trials, pair, side)
+        if {t["seed"] for t in bf16} & {t["seed"] for t in fp32}:
+            stage["comparison"][side] = compare(fp32, bf16, pair[side]["n_probes"])
+    complete = set(stage["comparison"]) == set(SIDES) and all(
+        rows[0]["seeds"] == list(SEEDS) for rows in stage["comparison"].values())
+    stage["keeps_bf16"] = keeps_bf16(stage["comparison"]) if complete else None
 
 
 def workshop_todo(done: list[dict], order: tuple[str, ...]) -> list[tuple[int, str]]:
@@ -103,19 +163,7 @@ def speedups(runs: list[dict], order: tuple[str, ...] = WORKSHOP_ORDER) -> list[
     return out
 
 
-def the_pair() -> dict[str, dict]:
-    """The workshop pair's two configurations and their fp32 trials in docs/frontier.json, by side."""
-    from sdft_lab.experiments import frontier
-    from sdft_lab.experiments.search import STEPS
-
-    results = frontier.published()
-    out = {}
-    for point in frontier.workshop_pair(results):
-        trials = [t for t in results["trials"] if t["name"] == point["name"]]
-        out[point["method"]] = {"name": point["name"], "family": point["family"], "settings": trials[0]["settings"],
-                                "steps": frontier.STEPS_OF.get(point["family"], STEPS),
-                                "fp32": sorted(trials, key=lambda t: t["seed"])}
-    return out
+KEEP = ("seed", "gain", "retention", "drift", "first_loss", "last_loss", "train_s", "eval_s")  # of a trial
 
 
 def pair_worker(todo: list[tuple[str, int]], smoke: bool) -> None:
@@ -130,97 +178,91 @@ def pair_worker(todo: list[tuple[str, int]], smoke: bool) -> None:
     cache: dict = {}
     for side, seed in todo:
         p = pair[side]
-        t = trial(base, tok, side, p["settings"], seed, cache, steps=1 if smoke else p["steps"], qa=False)
-        keep = ("name", "seed", "gain", "retention", "drift", "first_loss", "last_loss", "train_s", "eval_s")
-        print(json.dumps({**{k: t[k] for k in keep}, "side": side, "precision_pin": precision.pinned(),
-                          "precision": precision.describe(base)}), flush=True)
+        settings = {**p["settings"], **({"tokens": 4} if smoke and "tokens" in p["settings"] else {})}
+        t = trial(base, tok, side, settings, seed, cache, steps=1 if smoke else p["steps"], qa=False)
+        print(json.dumps({**{k: t[k] for k in KEEP}, "name": p["name"], "side": side,
+                          "precision_pin": precision.pinned(), "precision": precision.describe(base)}), flush=True)
 
 
 def workshop_worker(out: Path, smoke: bool) -> None:
+    """Notebook 03's run into the folder out."""
     from sdft_lab.experiments.workshop import WorkshopConfig, workshop
 
     workshop(out, WorkshopConfig(smoke=smoke), reuse=False)
 
 
-def child(args: list[str], pin: str) -> subprocess.Popen:
-    env = {**os.environ, "SDFT_LAB_PRECISION": pin}
-    return subprocess.Popen([sys.executable, __file__, *args], env=env, stdout=subprocess.PIPE, text=True)
+def child(args: list[str], pin: str | None, lines: bool = False) -> subprocess.Popen:
+    """This script in another process under SDFT_LAB_PRECISION=pin (None: the variable removed, the policy's own
+    choice); lines: its stdout piped, to be read line by line."""
+    env = {k: v for k, v in os.environ.items() if k != "SDFT_LAB_PRECISION"}
+    env.update({"SDFT_LAB_PRECISION": pin} if pin else {})
+    return subprocess.Popen([sys.executable, __file__, *args], env=env, text=True,
+                            stdout=subprocess.PIPE if lines else None)
 
 
 def run_pair(results: dict, save, smoke: bool) -> None:
-    seeds = SEEDS[:1] if smoke else SEEDS
-    done = results.setdefault("pair", {"rule": PAIR_RULE, "trials": []})["trials"]
-    todo = pair_todo(done, seeds)
-    if smoke:
-        todo = [t for t in todo if t[1] == "sdft"]
-    for pin in ("bf16", "fp32"):  # one process per precision: the model loads and the base's figures are taken once
-        mine = [(side, seed) for p, side, seed in todo if p == pin]
-        if not mine:
-            continue
-        proc = child(["--worker", "pair", json.dumps(mine)] + ["--smoke"] * smoke, pin)
+    pair = the_pair()
+    stage = results.setdefault("pair", {"rule": BF16_RULE, "trials": []})
+    seeds, sides = (SEEDS[:1], ("sdft",)) if smoke else (SEEDS, SIDES)
+    while todo := pair_todo(stage["trials"], pair, seeds, sides):
+        pin = todo[0][0]  # the leading runs of one precision share a process: one load, the base's figures once
+        batch = [(side, seed) for p, side, seed in todo[:next((i for i, t in enumerate(todo) if t[0] != pin), None)]]
+        proc = child(["--worker", "pair", json.dumps(batch)] + ["--smoke"] * smoke, pin, lines=True)
         for line in proc.stdout:  # each trial saved as it finishes: a stopped stage resumes after it
             if not line.startswith("{"):
                 print(line, end="", file=sys.stderr)  # whatever else the run prints
                 continue
-            done.append(json.loads(line))
-            print(f"  pair: {done[-1]['side']} seed {done[-1]['seed']} under {pin}: {done[-1]['precision']}",
-                  file=sys.stderr)
+            stage["trials"].append(json.loads(line))
+            t = stage["trials"][-1]
+            print(f"  pair: {t['side']} seed {t['seed']} under {pin}: {t['precision']}", file=sys.stderr)
+            conclude_pair(stage, pair)
             save()
         if proc.wait():
             sys.exit(f"the pair's {pin} runs failed (exit {proc.returncode}); what finished is saved")
-    conclude_pair(results["pair"], smoke)
+    conclude_pair(stage, pair)
     save()
-
-
-def conclude_pair(stage: dict, smoke: bool) -> None:
-    """The comparison, the rule's outcome and the fp32 check, from the trials (in place)."""
-    pair = the_pair()
-    stage["comparison"], check = {}, {}
-    for side, p in pair.items():
-        bf16 = [t for t in stage["trials"] if t["side"] == side and t["precision_pin"] == "bf16"]
-        fp32 = [t for t in p["fp32"] if t["seed"] in {t["seed"] for t in bf16}] if smoke else p["fp32"]
-        if bf16 and fp32:
-            stage["comparison"][side] = compare(fp32, bf16)
-        for t in (t for t in stage["trials"] if t["side"] == side and t["precision_pin"] == "fp32"):
-            published = next(x for x in p["fp32"] if x["seed"] == t["seed"])
-            check[f"{side} seed {t['seed']}"] = max(abs(figure(t, n) - figure(published, n)) for n in FIGURES)
-    stage["fp32_check"] = check
-    stage["fp32_reproduced"] = bool(check) and all(v < REPRODUCED for v in check.values())
-    complete = all(len(r[0]["per_seed"]) == len(SEEDS) for r in stage["comparison"].values())
-    stage["keeps_bf16"] = keeps_bf16(stage["comparison"]) if complete and len(stage["comparison"]) == 2 else None
 
 
 def run_workshop(results: dict, save, out: Path, smoke: bool) -> None:
-    done = results.setdefault("workshop", {"order": list(WORKSHOP_ORDER), "runs": []})["runs"]
-    for position, pin in workshop_todo(done, WORKSHOP_ORDER):
-        folder = Path("runs") / out.stem / f"workshop_{position}"  # its adapters stay out of git (runs/)
+    stage = results.setdefault("workshop", {"order": list(WORKSHOP_ORDER), "runs": [], "warm_s": {}})
+    folder = HERE.parent / "runs" / (out.stem + "_smoke" * smoke)  # its adapters stay out of git (runs/)
+
+    def run(pin: str, name: str) -> float:
         t0 = time.perf_counter()
-        proc = child(["--worker", "workshop", str(folder)] + ["--smoke"] * smoke, pin)
-        if proc.wait():
-            sys.exit(f"the workshop run under {pin} failed (exit {proc.returncode}); what finished is saved")
-        wall = time.perf_counter() - t0
-        ran = json.loads((folder / "results.json").read_text())
-        done.append({"position": position, "pin": pin, "wall_s": wall, "precision": ran["precision"],
-                     "total_s": ran["total_s"], "timings_s": ran["timings_s"],
-                     "answers": {m: ran[m]["answers"] for m in ("sft", "sdft")}})
+        if child(["--worker", "workshop", str(folder / name)] + ["--smoke"] * smoke, pin).wait():
+            sys.exit(f"the workshop run under {pin} failed; what finished is saved")
+        return time.perf_counter() - t0
+
+    todo = workshop_todo(stage["runs"], WORKSHOP_ORDER)
+    for pin in dict.fromkeys(WORKSHOP_ORDER) if todo else ():
+        # untimed: the choices a machine makes once per batch size and type (precision, engine, matmul layout,
+        # kept in the cache folder) are made here, not in the first timed run
+        stage["warm_s"][pin] = run(pin, f"warm_{pin}")
+        print(f"  workshop warm-up under {pin}: {stage['warm_s'][pin]:.1f} s (untimed)", file=sys.stderr)
+    for position, pin in todo:
+        wall = run(pin, f"workshop_{position}")
+        ran = json.loads((folder / f"workshop_{position}" / "results.json").read_text())
+        stage["runs"].append({"position": position, "pin": pin, "wall_s": wall, "precision": ran["precision"],
+                              "total_s": ran["total_s"], "timings_s": ran["timings_s"],
+                              "answers": {m: ran[m]["answers"] for m in SIDES}})
         print(f"  workshop {position + 1}/{len(WORKSHOP_ORDER)} under {pin}: {wall:.1f} s ({ran['precision']})",
               file=sys.stderr)
+        stage["speedups"] = speedups(stage["runs"])
         save()
-    results["workshop"]["speedups"] = speedups(done)
-    save()
 
 
 def run_bench(results: dict, save, out: Path, smoke: bool, max_rounds: int) -> None:
     stage = results.setdefault("bench", {})
+    env = {k: v for k, v in os.environ.items() if k != "SDFT_LAB_PRECISION"}  # each variant at the policy's type
     for prompts in (2,) if smoke else (4, 16):
         if str(prompts) in stage:
             continue
-        path = out.parent / f"native_bf16_step_time_p{prompts}.json"
+        path = out.parent / f"{out.stem}_step_time_p{prompts}.json"
         extra = ["--steps", "1", "--new-tokens", "4", "--rounds", "1", "--max-rounds", "1"] if smoke else \
             ["--max-rounds", str(max_rounds)]
         proc = subprocess.run([sys.executable, str(HERE / "step_time.py"), "--prompts", str(prompts), "--variants",
                                *(["sdft", "generate"] if smoke else BENCH_VARIANTS), "--out", str(path), *extra],
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, env=env)
         if proc.returncode:
             sys.exit(f"the bench at {prompts} prompts failed:\n{proc.stderr[-3000:]}")
         stage[str(prompts)] = {"file": path.name, "targets": [ln for ln in proc.stdout.splitlines() if "target" in ln]}
@@ -234,19 +276,18 @@ def tables(results: dict) -> str:
              + (" — SMOKE: plumbing only, not a measurement" if results.get("smoke") else "")]
     pair = results.get("pair", {})
     for side, rows in pair.get("comparison", {}).items():
-        lines.append(f"\n{side} (workshop pair): figure, fp32 mean ± SE, bf16 mean ± SE, difference (band), "
-                     "each seed's difference")
+        lines.append(f"\n{side} (workshop pair), seeds {rows[0]['seeds']}: figure, fp32 mean (sd), bf16 mean, each "
+                     "seed's bf16 − fp32, their mean against the margin")
         for r in rows:
-            lines.append(f"  {r['figure']:<14} {r['fp32']:.4f} ± {r['fp32_se']:.4f}   {r['bf16']:.4f} ± "
-                         f"{r['bf16_se']:.4f}   {r['difference']:+.4f} (±{r['band']:.4f}, "
-                         f"{'within' if r['within'] else 'OUTSIDE'})   {' '.join(f'{d:+.4f}' for d in r['per_seed'])}")
-    if "fp32_check" in pair:
-        lines.append(f"fp32 check against docs/frontier.json (largest |difference| of the figures): "
-                     + ", ".join(f"{k} {v:.2e}" for k, v in pair["fp32_check"].items())
-                     + (": reproduced" if pair["fp32_reproduced"] else
-                        ": NOT reproduced, so bf16 here is compared with another machine's fp32"))
+            lines.append(f"  {r['figure']:<14} {r['fp32']:.4f} ({r['fp32_sd']:.4f})  {r['bf16']:.4f}  "
+                         + " ".join(f"{d:+.4f}" for d in r["per_seed"])
+                         + f"  {r['change']:+.4f} (±{r['margin']:.4f}: {'within' if r['within'] else 'OUTSIDE'})")
+    if pair.get("fp32_reproduced") is not None:
+        lines.append("fp32 on this machine, SDFT seed 0: " + (
+            "repeats docs/frontier.json's figures, so its fp32 trials stand" if pair["fp32_reproduced"] else
+            "does not repeat docs/frontier.json's figures, so fp32 runs here on every seed"))
     if pair.get("keeps_bf16") is not None:
-        lines.append(f"PAIR_RULE: {'bf16 stays the default' if pair['keeps_bf16'] else 'bf16 becomes an option'}")
+        lines.append(f"BF16_RULE: {'bf16 stays the default' if pair['keeps_bf16'] else 'bf16 becomes an option'}")
     shop = results.get("workshop", {})
     for r in shop.get("runs", []):
         lines.append(f"workshop run {r['position'] + 1} under {r['pin']}: {r['wall_s']:.1f} s ({r['precision']})")
@@ -281,10 +322,14 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("this CPU has no native bf16 (neither avx512_bf16 nor amx_bf16 in /proc/cpuinfo): bf16 runs "
                  "emulated here, several times slower, and the policy computes fp32 on such a CPU, so these "
                  "figures would say nothing about it. --smoke checks the plumbing on any CPU.")
+    here = machine()
     results = json.loads(args.out.read_text()) if args.out.exists() else {
-        "date": time.strftime("%Y-%m-%d"), "machine": machine(), "smoke": args.smoke}
+        "date": time.strftime("%Y-%m-%d"), "machine": here, "smoke": args.smoke}
     if results.get("smoke") != args.smoke:
         sys.exit(f"{args.out} holds {'a smoke run' if results.get('smoke') else 'measurements'}: give another --out")
+    if results["machine"] != here:  # a pair of timed runs, or a comparison, split over two machines says nothing
+        sys.exit(f"{args.out} was written on another machine ({results['machine']}; this one: {here}): give "
+                 "another --out")
     args.out.parent.mkdir(parents=True, exist_ok=True)
 
     def save() -> None:  # whole or not at all

@@ -1,14 +1,18 @@
-"""bench/native_bf16.py, the bf16 policy's measurements: the pair's comparison and PAIR_RULE against hand-computed
-figures, the resume of each stage, the A B B A speed-ups, and the refusal on a CPU without native bf16. Without
-running a model: the measurements themselves need a CPU with native bf16."""
+"""bench/native_bf16.py, the bf16 policy's measurements: the pair's comparison and BF16_RULE against hand-computed
+figures, the fp32 check that decides where fp32 runs, the resume of each stage, the A B B A speed-ups, and the
+refusals (a CPU without native bf16, a file from another machine or of a smoke run). Without running a model:
+the measurements themselves need a CPU with native bf16."""
 
 import importlib.util
+import io
+import json
 import math
 from pathlib import Path
 
 import pytest
 
 from sdft_lab import precision
+from sdft_lab.experiments import frontier
 
 spec = importlib.util.spec_from_file_location("native_bf16", Path(__file__).parents[1] / "bench" / "native_bf16.py")
 nb = importlib.util.module_from_spec(spec)
@@ -20,75 +24,187 @@ def trial(seed, answer, passage=0.3, drift=0.18, retention=0.62, **extra):
             "retention": retention, **extra}
 
 
-def test_the_comparison_takes_each_sides_standard_error_and_pairs_the_seeds():
-    """Answer gains 1, 2, 3 in fp32 and 1.5, 2.5, 3.5 in bf16: each side's SE is sd/√3 = 1/√3, the band
-    1.96·√(1/3 + 1/3) = 1.600, the difference +0.5, within; each seed moves by +0.5 (by position: +2.5, −0.5,
-    −0.5). Breaks it fails on (each
-    made once): the band from the sd instead of the SE (2.772), the difference signed fp32 − bf16, the seeds
-    paired by position after one side is reordered."""
+def test_the_comparison_pairs_the_seeds_and_takes_the_rules_margins():
+    """Answer gains 1, 2, 3 in fp32 and 1.5, 2.5, 3.5 in bf16 (bf16 listed in another order): each seed moves by
+    +0.5, the change +0.5, the margin max(10 % of 2, sd 1) = 1, within. Retention 0.62 on 120 probes: margin
+    √(0.62·0.38/120) = 0.0443; 0.62 → 0.57 moves it by 0.05, outside. Passage 0.30 ± 0 moving by 0.02: margin 10 %
+    of 0.30 = 0.03, within. Breaks it fails on (each made once): the seeds paired by position (+2.5, −0.5, −0.5),
+    the margin the sd alone (0 for the passage), the retention margin 10 % like the others (0.062, within)."""
     fp32 = [trial(s, a) for s, a in zip((0, 1, 2), (1.0, 2.0, 3.0))]
-    bf16 = [trial(s, a) for s, a in zip((2, 0, 1), (3.5, 1.5, 2.5))]  # another order: paired by seed
-    row = {r["figure"]: r for r in nb.compare(fp32, bf16)}["answer gain"]
-    assert row["fp32_se"] == pytest.approx(1 / math.sqrt(3)) and row["bf16_se"] == pytest.approx(1 / math.sqrt(3))
-    assert row["difference"] == pytest.approx(0.5) and row["band"] == pytest.approx(1.96 * math.sqrt(2 / 3))
-    assert row["within"] and row["per_seed"] == pytest.approx([0.5, 0.5, 0.5])
-    retention = {r["figure"]: r for r in nb.compare(fp32, bf16)}["retention"]
-    assert retention["difference"] == 0.0 and retention["within"]  # equal figures: a zero band still holds them
+    bf16 = [trial(s, a, passage=0.32, retention=0.57) for s, a in zip((2, 0, 1), (3.5, 1.5, 2.5))]
+    rows = {r["figure"]: r for r in nb.compare(fp32, bf16, n_probes=120)}
+    answer = rows["answer gain"]
+    assert answer["per_seed"] == pytest.approx([0.5, 0.5, 0.5]) and answer["change"] == pytest.approx(0.5)
+    assert answer["fp32_sd"] == pytest.approx(1.0) and answer["margin"] == pytest.approx(1.0) and answer["within"]
+    assert rows["passage gain"]["margin"] == pytest.approx(0.03) and rows["passage gain"]["within"]
+    assert rows["retention"]["margin"] == pytest.approx(math.sqrt(0.62 * 0.38 / 120))
+    assert rows["retention"]["change"] == pytest.approx(-0.05) and not rows["retention"]["within"]
+    assert answer["seeds"] == [0, 1, 2]
 
 
-def test_pair_rule_keeps_bf16_only_when_every_figure_of_both_methods_is_within_its_band():
-    """A drift of 0.18 ± 0.001 in fp32 against 0.25 in bf16 on SFT alone is outside its band: bf16 becomes an
-    option. Break it fails on (made once): the rule read on the SDFT side only."""
+def test_bf16_rule_keeps_bf16_only_when_every_figure_of_both_methods_is_within_its_margin():
+    """SFT's drift 0.18 in fp32 and 0.25 in bf16 (margin 0.018): bf16 becomes an option, though SDFT's figures are
+    the same. Break it fails on (made once): the rule read on the SDFT side only."""
     same = [trial(s, 2.0 + 0.1 * s) for s in range(3)]
-    sft_fp32 = [trial(s, 1.8, drift=0.18 + 0.001 * s) for s in range(3)]
-    sft_bf16 = [trial(s, 1.8, drift=0.25 + 0.001 * s) for s in range(3)]
-    assert nb.keeps_bf16({"sdft": nb.compare(same, same), "sft": nb.compare(sft_fp32, sft_fp32)})
-    assert not nb.keeps_bf16({"sdft": nb.compare(same, same), "sft": nb.compare(sft_fp32, sft_bf16)})
+    sft_bf16 = [trial(s, 1.8, drift=0.25) for s in range(3)]
+    sft_fp32 = [trial(s, 1.8) for s in range(3)]
+    assert nb.keeps_bf16({"sdft": nb.compare(same, same, 120), "sft": nb.compare(sft_fp32, sft_fp32, 120)})
+    assert not nb.keeps_bf16({"sdft": nb.compare(same, same, 120), "sft": nb.compare(sft_fp32, sft_bf16, 120)})
 
 
-def test_the_pair_stage_concludes_from_the_published_pair_and_checks_fp32_against_it():
-    """bf16 trials equal to docs/frontier.json's fp32 trials of the workshop pair, and an fp32 rerun equal to
-    its seed 0: every figure within, the rule keeps bf16, the fp32 check says reproduced. The same with SFT's
-    retention 0.1 lower in bf16: not kept; and an fp32 rerun 0.01 off: not reproduced. Breaks it fails on (each
-    made once): the fp32 trials looked up by family instead of by the pair's name (another learning rate's),
-    the check's tolerance dropped."""
+def published_as(pair, pin, seeds=(0, 1, 2), sides=("sdft", "sft")):
+    """The pair's published fp32 trials, as the pair stage saves them under the pin."""
+    return [{**t, "name": pair[side]["name"], "side": side, "precision_pin": pin}
+            for side in sides for t in pair[side]["fp32"] if t["seed"] in seeds]
+
+
+def test_the_pair_is_the_published_workshop_pair():
+    """The two configurations notebook 03 trains (frontier.workshop_pair), each with its three fp32 trials, found
+    by name. Break it fails on (made once): the trials looked up by family (every learning rate's)."""
     pair = nb.the_pair()
-    assert set(pair) == {"sdft", "sft"} and all(len(p["fp32"]) == 3 for p in pair.values())
-    bf16 = [{**t, "side": side, "precision_pin": "bf16"} for side, p in pair.items() for t in p["fp32"]]
-    check = {**pair["sdft"]["fp32"][0], "side": "sdft", "precision_pin": "fp32"}
-    stage = {"trials": [*bf16, check]}
-    nb.conclude_pair(stage, smoke=False)
-    assert stage["keeps_bf16"] is True and stage["fp32_reproduced"] is True
-    assert all(r["difference"] == 0 for rows in stage["comparison"].values() for r in rows)
+    sdft, sft = frontier.workshop_pair(frontier.published())
+    assert {s: p["name"] for s, p in pair.items()} == {"sdft": sdft["name"], "sft": sft["name"]}
+    assert all([t["seed"] for t in p["fp32"]] == [0, 1, 2] and {t["name"] for t in p["fp32"]} == {p["name"]}
+               for p in pair.values())
+
+
+def test_where_fp32_repeats_the_published_figures_they_stand_and_bf16_is_judged_against_them():
+    """The fp32 check equal to SDFT's published seed 0, bf16 trials equal to the published ones: nothing more
+    to run, every change 0, bf16 kept. The same with SFT's bf16 retention 0.1 lower: not kept. Breaks it fails
+    on (each made once): the check's tolerance dropped (any fp32 rerun would stand for the published), the
+    rule applied before both sides have every seed."""
+    pair = nb.the_pair()
+    check = published_as(pair, "fp32", seeds=(0,), sides=("sdft",))
+    bf16 = published_as(pair, "bf16")
+    assert nb.pair_todo(check + bf16, pair, nb.SEEDS) == []
+    stage = {"trials": check + bf16}
+    nb.conclude_pair(stage, pair)
+    assert stage["fp32_reproduced"] is True and stage["keeps_bf16"] is True
+    assert all(r["change"] == 0 for rows in stage["comparison"].values() for r in rows)
 
     lower = [{**t, "retention": t["retention"] - 0.1} if t["side"] == "sft" else t for t in bf16]
-    off = {**check, "gain": {**check["gain"], "answer": check["gain"]["answer"] + 0.01}}
-    stage = {"trials": [*lower, off]}
-    nb.conclude_pair(stage, smoke=False)
-    assert stage["keeps_bf16"] is False and stage["fp32_reproduced"] is False
-    assert stage["fp32_check"]["sdft seed 0"] == pytest.approx(0.01)
+    stage = {"trials": check + lower}
+    nb.conclude_pair(stage, pair)
+    assert stage["keeps_bf16"] is False
 
-
-def test_the_pair_stage_waits_for_every_seed_before_it_rules():
-    """Two of three seeds: the comparison is shown, the rule says nothing yet (None). Break it fails on (made
-    once): the rule applied to whatever seeds have run."""
-    pair = nb.the_pair()
-    bf16 = [{**t, "side": side, "precision_pin": "bf16"} for side, p in pair.items() for t in p["fp32"][:2]]
-    stage = {"trials": bf16}
-    nb.conclude_pair(stage, smoke=False)
+    stage = {"trials": check + [t for t in bf16 if t["seed"] < 2]}
+    nb.conclude_pair(stage, pair)
     assert stage["keeps_bf16"] is None and set(stage["comparison"]) == {"sdft", "sft"}
 
+    off = [{**check[0], "gain": {**check[0]["gain"], "answer": check[0]["gain"]["answer"] + 1e-4}}]
+    assert nb.reproduced(off, pair) is False
 
-def test_a_rerun_skips_what_each_stage_has_done():
-    """The pair: bf16 seed by seed on both sides, then SDFT's seed 0 in fp32, less what is saved; the workshop:
-    the A B B A positions not yet run. Break it fails on (made once): done trials keyed without their
-    precision (SDFT's fp32 check would count as done by its bf16 seed 0)."""
-    assert nb.pair_todo([], (0, 1, 2)) == [("bf16", "sdft", 0), ("bf16", "sft", 0), ("bf16", "sdft", 1),
-                                           ("bf16", "sft", 1), ("bf16", "sdft", 2), ("bf16", "sft", 2),
-                                           ("fp32", "sdft", 0)]
-    done = [{"precision_pin": "bf16", "side": "sdft", "seed": 0}, {"precision_pin": "bf16", "side": "sft", "seed": 0}]
-    assert nb.pair_todo(done, (0, 1, 2))[0] == ("bf16", "sdft", 1) and ("fp32", "sdft", 0) in nb.pair_todo(done, (0, 1, 2))
+
+def test_where_fp32_does_not_repeat_them_every_fp32_run_is_made_here_and_judges_bf16():
+    """A machine whose fp32 seed 0 differs by 0.01: after the check and the bf16 runs, fp32 on every other
+    (side, seed) is still to run, and the comparison takes this machine's fp32 trials, not the published. Breaks
+    it fails on (each made once): the other fp32 runs never scheduled, the published trials compared anyway."""
+    pair = nb.the_pair()
+    here = [{**t, "gain": {**t["gain"], "answer": t["gain"]["answer"] + 0.01}} for t in published_as(pair, "fp32")]
+    bf16 = published_as(pair, "bf16")
+    assert nb.pair_todo([], pair, nb.SEEDS)[:3] == [("fp32", "sdft", 0), ("bf16", "sdft", 0), ("bf16", "sft", 0)]
+    assert nb.pair_todo(here[:1] + bf16, pair, nb.SEEDS) == [
+        ("fp32", "sft", 0), ("fp32", "sdft", 1), ("fp32", "sft", 1), ("fp32", "sdft", 2), ("fp32", "sft", 2)]
+    stage = {"trials": here + bf16}
+    nb.conclude_pair(stage, pair)
+    answer = {r["figure"]: r for r in stage["comparison"]["sdft"]}["answer gain"]
+    assert stage["fp32_reproduced"] is False and answer["change"] == pytest.approx(-0.01)
+
+
+def test_a_rerun_skips_what_each_stage_has_done_for_the_present_pair():
+    """Saved trials of the pair's configuration count as done; a trial of another configuration (a changed
+    frontier would pick another) does not, nor a bf16 trial for the fp32 check; the workshop resumes at the
+    first A B B A position not run. Breaks it fails on (each made once): done trials keyed without their
+    precision, or without their configuration's name."""
+    pair = nb.the_pair()
+    bf16_seed0 = published_as(pair, "bf16", seeds=(0,))
+    assert nb.pair_todo(bf16_seed0, pair, nb.SEEDS)[0] == ("fp32", "sdft", 0)
+    stale = [{**t, "name": "sdft lr=1"} for t in bf16_seed0[:1]]
+    assert ("bf16", "sdft", 0) in nb.pair_todo(stale, pair, nb.SEEDS)
     assert nb.workshop_todo([{"position": 0}, {"position": 1}], nb.WORKSHOP_ORDER) == [(2, "fp32"), (3, "auto")]
+
+
+def test_the_pair_stage_saves_each_trial_as_its_line_arrives_and_stops_on_a_failed_process(monkeypatch):
+    """A fake process per precision prints a log line and then a trial's JSON per run: each trial is saved as
+    it arrives (the log line goes to stderr, not into the file), the loop runs the fp32 check's process, then
+    the bf16 one; a process that exits 1 stops the stage with what it finished saved. Break it fails on (made
+    once): every stdout line parsed as a trial."""
+    pair = nb.the_pair()
+    published = {(t["side"], t["seed"]): t for t in published_as(pair, "bf16")}
+    calls, saved = [], []
+
+    class Proc:
+        def __init__(self, args, pin, lines=False):
+            batch = json.loads(args[2])
+            calls.append((pin, batch))
+            rows = [{**published[(side, seed)], "precision_pin": pin, "precision": pin} for side, seed in batch]
+            self.stdout = io.StringIO("Loading weights\n" + "".join(json.dumps(r) + "\n" for r in rows))
+            self.returncode = 1 if pin == "bf16" and fail else 0
+
+        def wait(self):
+            return self.returncode
+
+    monkeypatch.setattr(nb, "child", Proc)
+    fail = False
+    results = {}
+    nb.run_pair(results, lambda: saved.append(len(results["pair"]["trials"])), smoke=False)
+    assert [pin for pin, _ in calls] == ["fp32", "bf16"] and len(calls[1][1]) == 6
+    assert saved[:7] == [1, 2, 3, 4, 5, 6, 7] and results["pair"]["keeps_bf16"] is True
+
+    calls.clear()
+    fail = True
+    results = {}
+    with pytest.raises(SystemExit, match="bf16 runs failed"):
+        nb.run_pair(results, lambda: None, smoke=False)
+    assert len(results["pair"]["trials"]) == 7  # what the failed process printed before it failed is kept
+
+
+def test_the_pair_worker_prints_what_the_stage_reads_from_a_trial(monkeypatch, capsys):
+    """search.trial faked by the published trial it stands for (the frontier's own output): the line carries
+    every figure BF16_RULE reads, the pair's name, the side and the pin. Break it fails on (made once): KEEP
+    without "drift"."""
+    import sdft_lab.experiments.search as search
+    import sdft_lab.models as models
+    pair = nb.the_pair()
+    monkeypatch.setattr(models, "load", lambda name: (None, None))
+    monkeypatch.setattr(precision, "describe", lambda model: "bf16 (test)")
+    monkeypatch.setattr(search, "trial", lambda base, tok, side, s, seed, cache, steps, qa: pair[side]["fp32"][seed])
+    monkeypatch.setenv(precision.ENV, "bf16")
+    nb.pair_worker([["sft", 1]], smoke=False)
+    line = json.loads(capsys.readouterr().out.strip())
+    assert line["name"] == pair["sft"]["name"] and line["side"] == "sft" and line["precision_pin"] == "bf16"
+    assert all(isinstance(nb.figure(line, name), float) for name in nb.FIGURES)
+
+
+def test_the_workshop_stage_warms_up_under_each_pin_then_times_a_b_b_a_and_resumes(monkeypatch, tmp_path):
+    """A fake workshop process per run: one untimed run under the policy and one under fp32 come first, then the
+    four timed runs in A B B A order, each saved with the run's precision and timings as it ends; a rerun of a
+    finished stage starts nothing. Breaks it fails on (each made once): the warm-ups left out (the first timed
+    run would pay the machine's one-off choices), a finished stage warmed up again."""
+    calls = []
+
+    class Proc:
+        def __init__(self, args, pin, lines=False):
+            calls.append((pin, Path(args[2]).name))
+            Path(args[2]).mkdir(parents=True)
+            ran = {"precision": pin, "total_s": 1.0, "timings_s": {"sdft steps": 0.5},
+                   "sft": {"answers": ["a"]}, "sdft": {"answers": ["b"]}}
+            (Path(args[2]) / "results.json").write_text(json.dumps(ran))
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(nb, "child", Proc)
+    monkeypatch.setattr(nb, "HERE", tmp_path / "bench")
+    results, saved = {}, []
+    nb.run_workshop(results, lambda: saved.append(len(results["workshop"]["runs"])), tmp_path / "x.json", smoke=False)
+    assert calls == [("auto", "warm_auto"), ("fp32", "warm_fp32"), ("auto", "workshop_0"), ("fp32", "workshop_1"),
+                     ("fp32", "workshop_2"), ("auto", "workshop_3")]
+    assert saved == [1, 2, 3, 4] and [r["precision"] for r in results["workshop"]["runs"]] == list(nb.WORKSHOP_ORDER)
+    assert len(results["workshop"]["speedups"]) == 2
+    calls.clear()
+    nb.run_workshop(results, lambda: None, tmp_path / "x.json", smoke=False)
+    assert calls == []
 
 
 def test_the_workshop_speed_up_is_fp32_over_the_policy_within_each_pair_of_runs():
@@ -101,14 +217,36 @@ def test_the_workshop_speed_up_is_fp32_over_the_policy_within_each_pair_of_runs(
     assert nb.speedups(runs[:3]) == pytest.approx([1.6])
 
 
-def test_it_refuses_a_cpu_without_native_bf16(monkeypatch, tmp_path):
-    """Emulated bf16 would be measured as if it were the policy's: refused, naming the missing instructions and
-    --smoke, and nothing written. Break it fails on (made once): the check dropped (the pair stage would start
-    training)."""
-    monkeypatch.setattr(precision, "native_bf16", lambda cpuinfo=None: False)
-    for stage in ("run_pair", "run_workshop", "run_bench"):  # a stage that starts fails the test at once
+@pytest.fixture
+def no_stage(monkeypatch):
+    """A stage that starts fails the test at once."""
+    for stage in ("run_pair", "run_workshop", "run_bench"):
         monkeypatch.setattr(nb, stage, lambda *a, **k: pytest.fail("a stage started"))
+
+
+def test_it_refuses_a_cpu_without_native_bf16(monkeypatch, tmp_path, no_stage):
+    """Emulated bf16 would be measured as if it were the policy's: refused, naming the missing instructions and
+    --smoke, and nothing written. Break it fails on (made once): the check dropped."""
+    monkeypatch.setattr(precision, "native_bf16", lambda cpuinfo=None: False)
     out = tmp_path / "native_bf16.json"
     with pytest.raises(SystemExit, match="avx512_bf16 nor amx_bf16.*--smoke"):
         nb.main(["--out", str(out)])
     assert not out.exists()
+
+
+def test_it_refuses_to_add_to_a_file_of_another_machine_or_of_a_smoke_run(monkeypatch, tmp_path, no_stage):
+    """A speed-up's pair of runs or a comparison split over two machines says nothing, and a smoke run's figures
+    are not measurements: each refused, the file untouched. Breaks it fails on (each made once): either check
+    dropped."""
+    from sdft_lab.report import machine
+    monkeypatch.setattr(precision, "native_bf16", lambda cpuinfo=None: True)
+    out = tmp_path / "native_bf16.json"
+    out.write_text(json.dumps({"date": "2026-01-01", "machine": {**machine(), "cpu": "another CPU"}, "smoke": False}))
+    before = out.read_text()
+    with pytest.raises(SystemExit, match="another machine"):
+        nb.main(["--out", str(out)])
+    assert out.read_text() == before
+    out.write_text(before := json.dumps({"date": "2026-01-01", "machine": machine(), "smoke": True}))
+    with pytest.raises(SystemExit, match="holds a smoke run"):
+        nb.main(["--out", str(out)])
+    assert out.read_text() == before
