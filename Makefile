@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 EXTRAS := $(VENV)/.extras
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: setup lab test test-fast browser-test box-sim floors demo bench gpu-check gpu-box screenshots clean
+.PHONY: setup lab test test-fast browser-test box-sim floors demo bench bench-bf16 gpu-check gpu-box screenshots clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
@@ -58,6 +58,11 @@ demo: setup
 bench: setup $(EXTRAS)
 	$(PY) bench/step_time.py --prompts 4
 	$(PY) bench/step_time.py --prompts 16 --variants sft sdft trl-full generate
+
+# What the bf16 precision policy is measured by on a CPU with native bf16 (≈ 2½–3 h on 2 cores, resumable;
+# docs/performance.md); refused on a CPU without it.
+bench-bf16: setup $(EXTRAS)
+	$(PY) bench/native_bf16.py
 
 # The QLoRA path on a CUDA GPU (random weights of the 1.5B and 7B presets' shapes through load(), nothing
 # downloaded), then the GPU-marked tests. Needs no network once `make setup` has run; without a GPU it says so.
