@@ -26,16 +26,21 @@ def trial(seed, answer, passage=0.3, drift=0.18, retention=0.62, **extra):
 
 def test_the_comparison_pairs_the_seeds_and_takes_the_rules_margins():
     """Answer gains 1, 2, 3 in fp32 and 1.5, 2.5, 3.5 in bf16 (bf16 listed in another order): each seed moves by
-    +0.5, the change +0.5, the margin max(10 % of 2, sd 1) = 1, within. Retention 0.62 on 120 probes: margin
-    √(0.62·0.38/120) = 0.0443; 0.62 → 0.57 moves it by 0.05, outside. Passage 0.30 ± 0 moving by 0.02: margin 10 %
-    of 0.30 = 0.03, within. Breaks it fails on (each made once): the seeds paired by position (+2.5, −0.5, −0.5),
-    the margin the sd alone (0 for the passage), the retention margin 10 % like the others (0.062, within)."""
+    +0.5, the change +0.5; sd 1, so a fresh seed would move the mean of three differences by z·√(2/3) = 2.7344 ×
+    0.8165 = 2.2326 (z = Φ⁻¹(1 − 0.025/8)), above 10 % of 2: the margin, within. Passage 0.30 on every seed
+    moving by 0.02: sd 0, margin 10 % of 0.30 = 0.03, within. Retention 0.62 on 120 probes: margin
+    √(0.62·0.38/120) = 0.0443; 0.62 → 0.57 is −0.05, outside. Breaks it fails on (each made once): the seeds
+    paired by position (+2.5, −0.5, −0.5), the margin the re-seed term alone (0 for the passage), √(2/n)
+    dropped (2.734), the retention margin 10 % like the others (0.062, within)."""
     fp32 = [trial(s, a) for s, a in zip((0, 1, 2), (1.0, 2.0, 3.0))]
     bf16 = [trial(s, a, passage=0.32, retention=0.57) for s, a in zip((2, 0, 1), (3.5, 1.5, 2.5))]
     rows = {r["figure"]: r for r in nb.compare(fp32, bf16, n_probes=120)}
     answer = rows["answer gain"]
     assert answer["per_seed"] == pytest.approx([0.5, 0.5, 0.5]) and answer["change"] == pytest.approx(0.5)
-    assert answer["fp32_sd"] == pytest.approx(1.0) and answer["margin"] == pytest.approx(1.0) and answer["within"]
+    z = frontier.band_z(8)
+    assert z == pytest.approx(2.7344, abs=1e-4)
+    assert answer["fp32_sd"] == pytest.approx(1.0) and answer["margin"] == pytest.approx(z * math.sqrt(2 / 3))
+    assert answer["within"]
     assert rows["passage gain"]["margin"] == pytest.approx(0.03) and rows["passage gain"]["within"]
     assert rows["retention"]["margin"] == pytest.approx(math.sqrt(0.62 * 0.38 / 120))
     assert rows["retention"]["change"] == pytest.approx(-0.05) and not rows["retention"]["within"]
@@ -43,7 +48,7 @@ def test_the_comparison_pairs_the_seeds_and_takes_the_rules_margins():
 
 
 def test_bf16_rule_keeps_bf16_only_when_every_figure_of_both_methods_is_within_its_margin():
-    """SFT's drift 0.18 in fp32 and 0.25 in bf16 (margin 0.018): bf16 becomes an option, though SDFT's figures are
+    """SFT's drift 0.18 in fp32 and 0.25 in bf16 (sd 0, margin 0.018): bf16 becomes an option, though SDFT's figures are
     the same. Break it fails on (made once): the rule read on the SDFT side only."""
     same = [trial(s, 2.0 + 0.1 * s) for s in range(3)]
     sft_bf16 = [trial(s, 1.8, drift=0.25) for s in range(3)]
