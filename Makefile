@@ -59,7 +59,7 @@ bench: setup $(EXTRAS)
 	$(PY) bench/step_time.py --prompts 4
 	$(PY) bench/step_time.py --prompts 16 --variants sft sdft trl-full generate
 
-# What the bf16 precision policy is measured by on a CPU with native bf16 (≈ 2½–3 h on 2 cores, resumable;
+# What the bf16 precision policy is measured by on a CPU with native bf16 (≈ 2–3½ h on 2 cores, resumable;
 # docs/performance.md); refused on a CPU without it.
 bench-bf16: setup $(EXTRAS)
 	$(PY) bench/native_bf16.py

@@ -116,6 +116,17 @@ def test_where_fp32_does_not_repeat_them_every_fp32_run_is_made_here_and_judges_
     assert stage["fp32_reproduced"] is False and answer["change"] == pytest.approx(-0.01)
 
 
+def test_only_the_present_pairs_fp32_check_decides_where_fp32_runs():
+    """A file holding the fp32 check of an earlier pair (another name, other figures) before this pair's, which
+    repeats the published figures: the published fp32 trials stand and no other fp32 run is scheduled. Break it
+    fails on (made once): the check looked up without the pair's name (five needless fp32 runs)."""
+    pair = nb.the_pair()
+    check = published_as(pair, "fp32", seeds=(0,), sides=("sdft",))
+    stale = [{**check[0], "name": "sdft lr=1", "gain": {"answer": 9.0, "passage": 9.0}}]
+    assert nb.reproduced(stale + check, pair) is True
+    assert nb.pair_todo(stale + check + published_as(pair, "bf16"), pair, nb.SEEDS) == []
+
+
 def test_a_rerun_skips_what_each_stage_has_done_for_the_present_pair():
     """Saved trials of the pair's configuration count as done; a trial of another configuration (a changed
     frontier would pick another) does not, nor a bf16 trial for the fp32 check; the workshop resumes at the
@@ -212,6 +223,32 @@ def test_the_workshop_stage_warms_up_under_each_pin_then_times_a_b_b_a_and_resum
     assert calls == []
 
 
+def test_a_workshop_pair_cut_in_half_by_a_stop_is_timed_again_whole(monkeypatch, tmp_path):
+    """Positions 0–2 saved (the second pair half done): its first run is dropped and both of its runs are
+    timed in the new sitting, after the warm-ups. Break it fails on (made once): the half kept (the pair's
+    runs timed in two sittings)."""
+    calls = []
+
+    class Proc:
+        def __init__(self, args, pin, lines=False):
+            calls.append(Path(args[2]).name)
+            Path(args[2]).mkdir(parents=True, exist_ok=True)
+            (Path(args[2]) / "results.json").write_text(json.dumps(
+                {"precision": pin, "total_s": 1.0, "timings_s": {}, "sft": {"answers": []}, "sdft": {"answers": []}}))
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(nb, "child", Proc)
+    monkeypatch.setattr(nb, "HERE", tmp_path / "bench")
+    results = {"workshop": {"order": list(nb.WORKSHOP_ORDER), "warm_s": {},
+                            "runs": [{"position": i, "pin": p, "wall_s": 100.0} for i, p in
+                                     enumerate(nb.WORKSHOP_ORDER[:3])]}}
+    nb.run_workshop(results, lambda: None, tmp_path / "x.json", smoke=False)
+    assert calls == ["warm_auto", "warm_fp32", "workshop_2", "workshop_3"]
+    assert [r["position"] for r in results["workshop"]["runs"]] == [0, 1, 2, 3]
+
+
 def test_the_workshop_speed_up_is_fp32_over_the_policy_within_each_pair_of_runs():
     """A B B A with the machine 10 % slower in the second pair: 160/100 and 165/110, 1.6 and 1.5, not the
     ratio of the pooled times. An unfinished pair gives nothing. Break it fails on (made once): the ratio
@@ -237,6 +274,15 @@ def test_it_refuses_a_cpu_without_native_bf16(monkeypatch, tmp_path, no_stage):
     with pytest.raises(SystemExit, match="avx512_bf16 nor amx_bf16.*--smoke"):
         nb.main(["--out", str(out)])
     assert not out.exists()
+
+
+def test_a_smoke_run_writes_its_own_file_by_default(monkeypatch, tmp_path):
+    """--smoke without --out goes to native_bf16_smoke.json, so the measurements' file stays free. Break it fails
+    on (made once): one default for both."""
+    monkeypatch.setattr(nb, "HERE", tmp_path / "bench")
+    monkeypatch.setattr(nb, "run_pair", lambda results, save, smoke: save())
+    nb.main(["--smoke", "--stages", "pair"])
+    assert [p.name for p in (tmp_path / "bench" / "results").iterdir()] == ["native_bf16_smoke.json"]
 
 
 def test_it_refuses_to_add_to_a_file_of_another_machine_or_of_a_smoke_run(monkeypatch, tmp_path, no_stage):
