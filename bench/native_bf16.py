@@ -105,16 +105,21 @@ def the_pair() -> dict[str, dict]:
     out = {}
     for point in frontier.workshop_pair(results):
         trials = [t for t in results["trials"] if t["name"] == point["name"]]
-        out[point["method"]] = {"name": point["name"], "family": point["family"], "settings": trials[0]["settings"],
+        out[point["method"]] = {"name": point["name"], "settings": trials[0]["settings"],
                                 "steps": frontier.STEPS_OF.get(point["family"], STEPS),
                                 "fp32": sorted(trials, key=lambda t: t["seed"]), "n_probes": results["n_probes"]}
     return out
 
 
+def present(trials: list[dict], pair: dict) -> list[dict]:
+    """The trials of the pair's present configurations: those of an earlier pair say nothing of this one."""
+    return [t for t in trials if t["name"] == pair[t["side"]]["name"]]
+
+
 def reproduced(trials: list[dict], pair: dict) -> bool | None:
     """Whether SDFT's fp32 seed 0 run here repeats the published figures (None: not run yet)."""
-    check = [t for t in trials if t["side"] == "sdft" and t["precision_pin"] == "fp32" and t["seed"] == SEEDS[0]
-             and t["name"] == pair["sdft"]["name"]]  # a check of an earlier pair says nothing of this one
+    check = [t for t in present(trials, pair)
+             if t["side"] == "sdft" and t["precision_pin"] == "fp32" and t["seed"] == SEEDS[0]]
     if not check:
         return None
     published = next(t for t in pair["sdft"]["fp32"] if t["seed"] == SEEDS[0])
@@ -126,7 +131,7 @@ def pair_todo(trials: list[dict], pair: dict, seeds: tuple[int, ...], sides: tup
     """(precision, side, seed) still to run, in order: SDFT's fp32 seed 0 (the check), bf16 on every side and
     seed, and, where the check did not repeat the published figures, the other fp32 runs. Only trials of the
     pair's present configurations count as done."""
-    done = {(t["precision_pin"], t["side"], t["seed"]) for t in trials if t["name"] == pair[t["side"]]["name"]}
+    done = {(t["precision_pin"], t["side"], t["seed"]) for t in present(trials, pair)}
     want = [("fp32", "sdft", seeds[0]), *(("bf16", side, seed) for seed in seeds for side in sides)]
     if reproduced(trials, pair) is False:
         want += [("fp32", side, seed) for seed in seeds for side in sides]
@@ -143,7 +148,7 @@ def fp32_side(trials: list[dict], pair: dict, side: str) -> list[dict]:
 def conclude_pair(stage: dict, pair: dict) -> None:
     """The comparison of each side and BF16_RULE's outcome, from the trials (in place); the rule waits for every
     seed of both sides."""
-    trials = [t for t in stage["trials"] if t["name"] == pair[t["side"]]["name"]]
+    trials = present(stage["trials"], pair)
     stage["fp32_reproduced"] = reproduced(trials, pair)
     stage["comparison"] = {}
     for side in SIDES:
@@ -201,12 +206,16 @@ def workshop_worker(out: Path, smoke: bool) -> None:
     workshop(out, WorkshopConfig(smoke=smoke), reuse=False)
 
 
-def child(args: list[str], pin: str | None, lines: bool = False) -> subprocess.Popen:
-    """This script in another process under SDFT_LAB_PRECISION=pin (None: the variable removed, the policy's own
-    choice); lines: its stdout piped, to be read line by line."""
+def child_env(pin: str | None) -> dict[str, str]:
+    """This environment under SDFT_LAB_PRECISION=pin; None: the variable removed (the policy's own choice, not a
+    pin left in the caller's shell)."""
     env = {k: v for k, v in os.environ.items() if k != "SDFT_LAB_PRECISION"}
-    env.update({"SDFT_LAB_PRECISION": pin} if pin else {})
-    return subprocess.Popen([sys.executable, __file__, *args], env=env, text=True,
+    return env | ({"SDFT_LAB_PRECISION": pin} if pin else {})
+
+
+def child(args: list[str], pin: str | None, lines: bool = False) -> subprocess.Popen:
+    """This script in another process under child_env(pin); lines: its stdout piped, to be read line by line."""
+    return subprocess.Popen([sys.executable, __file__, *args], env=child_env(pin), text=True,
                             stdout=subprocess.PIPE if lines else None)
 
 
@@ -267,7 +276,6 @@ def run_workshop(results: dict, save, out: Path, smoke: bool) -> None:
 
 def run_bench(results: dict, save, out: Path, smoke: bool, max_rounds: int) -> None:
     stage = results.setdefault("bench", {})
-    env = {k: v for k, v in os.environ.items() if k != "SDFT_LAB_PRECISION"}  # each variant at the policy's type
     for prompts in (2,) if smoke else (4, 16):
         if str(prompts) in stage:
             continue
@@ -276,7 +284,7 @@ def run_bench(results: dict, save, out: Path, smoke: bool, max_rounds: int) -> N
             ["--max-rounds", str(max_rounds)]
         proc = subprocess.run([sys.executable, str(HERE / "step_time.py"), "--prompts", str(prompts), "--variants",
                                *(["sdft", "generate"] if smoke else BENCH_VARIANTS), "--out", str(path), *extra],
-                              capture_output=True, text=True, env=env)
+                              capture_output=True, text=True, env=child_env(None))  # the policy's type
         if proc.returncode:
             sys.exit(f"the bench at {prompts} prompts failed:\n{proc.stderr[-3000:]}")
         stage[str(prompts)] = {"file": path.name, "targets": [ln for ln in proc.stdout.splitlines() if "target" in ln]}

@@ -301,3 +301,12 @@ def test_it_refuses_to_add_to_a_file_of_another_machine_or_of_a_smoke_run(monkey
     with pytest.raises(SystemExit, match="holds a smoke run"):
         nb.main(["--out", str(out)])
     assert out.read_text() == before
+
+
+def test_each_child_runs_under_its_own_pin_and_never_an_inherited_one(monkeypatch):
+    """A pin left in the caller's shell (bf16) is replaced by the child's (fp32), or removed where the child runs
+    at the policy's own choice (the bench). Breaks it fails on (each made once): the pin not set, the inherited
+    one kept."""
+    monkeypatch.setenv(precision.ENV, "bf16")
+    assert nb.child_env("fp32")[precision.ENV] == "fp32"
+    assert precision.ENV not in nb.child_env(None)
